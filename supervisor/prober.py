@@ -396,12 +396,12 @@ class Prober:
                                   "functions": list(s.functions), "events": s.events,
                                   "by": by})
 
-    def started(self, name: str):
-        """A new engine of `name` is ready: run-time probes are gone with the old one;
-        the declared ones are added again."""
+    def started(self, name: str, pid: int | None = None):
+        """A new engine of `name` (process `pid`) is ready: run-time probes are gone
+        with the old one; the declared ones are added again."""
         lost = [p.spec for p in self.registry.probes.get(name, {}).values()
                 if not p.spec.declared]
-        self.registry.restarted(name)
+        self.registry.restarted(name, pid)
         for s in lost:
             self._audit("probe dropped by a restart", s, "wsuper")
         for s in self.sup.system.compartments[name].probes:

@@ -409,6 +409,12 @@ class Registry:
         self.pushes: dict[str, int] = {}     # compartment -> flag changes sent to its engines
         self._site_maps: dict = {}           # compartment -> (probes' key, site -> probes, probes)
         self._labels: dict = {}              # compartment -> (its Sites, function -> row)
+        # compartment -> (n, engine pid) of its engine now: its nth since the system
+        # began (restarted).  Every event a sink gets names it (`incarnation`,
+        # `engine_pid`): a trace across a restart mixed two engines' events in one
+        # track, and the functions the killed engine was in stayed open in it for
+        # good, the new engine's nested inside them (trace.chrome)
+        self.incarnations: dict[str, tuple[int, int | None]] = {}
 
     # ------------------------------------------------------------ probes
 
@@ -447,13 +453,16 @@ class Registry:
         self._changed(compartment)
         return probe
 
-    def restarted(self, compartment: str) -> list[ProbeSpec]:
-        """Its engine was replaced: probes added at run time are gone; the declared
-        ones (returned) must be added again on the new engine.  The calls that
-        ended before it (the one that crashed the old engine among them) are
-        the old probes' events: taken first, they were counted by none (the
-        declared ones come back counting from now) and reached no sink."""
+    def restarted(self, compartment: str, pid: int | None = None) -> list[ProbeSpec]:
+        """Its engine was replaced (or started: `pid`, the new engine's): probes added
+        at run time are gone; the declared ones (returned) must be added again on the
+        new engine.  The calls that ended before it (the one that crashed the old
+        engine among them) are the old probes' events: taken first, they were counted
+        by none (the declared ones come back counting from now) and reached no sink;
+        they name the old incarnation, what comes from here the new one."""
         self.take_calls()
+        n = self.incarnations.get(compartment, (0, None))[0]
+        self.incarnations[compartment] = (n + 1, pid)
         self.sites.pop(compartment, None)
         self._labels.pop(compartment, None)
         mine = self.probes.pop(compartment, {})
@@ -709,13 +718,21 @@ class Registry:
                 seen = [c for c in sides if sub.wants(c)]
                 if not seen:
                     continue
-                sub.put({**ev, "compartment": seen[0],
-                         "probes": [n for c in seen for n in sides[c]]})
+                sub.put(self._stamp({**ev, "compartment": seen[0],
+                                     "probes": [n for c in seen for n in sides[c]]}))
                 if sub.waiters:
                     sub.wake()
 
+    def _stamp(self, ev: dict) -> dict:
+        """`ev` naming the incarnation of its compartment's engine it came from."""
+        got = self.incarnations.get(ev["compartment"])
+        if got is not None:
+            ev["incarnation"], ev["engine_pid"] = got
+        return ev
+
     def _fan(self, ev: dict, probe_names: list):
         ev["probes"] = probe_names
+        self._stamp(ev)
         for sub in self.subscribers:
             if sub.wants(ev["compartment"]):
                 sub.put(ev)

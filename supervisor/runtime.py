@@ -3474,7 +3474,7 @@ class Supervisor:
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
             self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
-        self.prober.started(comp.name)
+        self.prober.started(comp.name, proc.pid)
         self._act(self.lifecycle.started(e.compartment, e.program))
 
     # ------------------------------------------------------------ lifecycle actions

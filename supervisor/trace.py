@@ -12,6 +12,15 @@ flow ("s" on the caller's slice, "f" with "bp": "e" on the callee's), which
 Perfetto draws as an arrow from caller to callee.  Function entries and
 exits are "B"/"E" slices; stores are instant ("i") events.  Times are
 microseconds from the first event (every clock is CLOCK_MONOTONIC).
+
+Events name the incarnation of their compartment's engine (probes.Registry:
+`incarnation`, `engine_pid`).  A compartment whose engine changed within the
+trace (a crash, a kill, a restart) gets an instant event ("engine N", process
+scope) where the new one's events begin, and the functions the old engine was
+in when it ended are closed there ("E" with `unwound` and `engine_ended`): a
+killed engine reports no exits, and its open slices stayed open to the end of
+the trace, every later function of the compartment drawn nested inside them.
+`otherData.incarnations` lists, per compartment, the engines seen.
 """
 from __future__ import annotations
 
@@ -46,8 +55,40 @@ def chrome(events: list, meta: dict | None = None) -> dict:
 
     out = []
     seen_calls = set()
+    stacks: dict[str, list] = {}        # compartment -> functions open, innermost last
+    engine: dict[str, tuple] = {}       # compartment -> (incarnation, engine pid) seen last
+    last_ts: dict[str, float] = {}      # compartment -> time of its engine's last event
+    incarnations: dict[str, list] = {}  # compartment -> the engines seen, in order
+
+    def incarnation(e: dict, ts: float, engine_event: bool):
+        """Notes the engine `e` came from (of its compartment), in `incarnations`; a
+        later one seen in an engine's own event (not a call's, which the router
+        times from its start) closes the old one's open functions and is marked."""
+        c, n = e.get("compartment"), e.get("incarnation")
+        if not isinstance(c, str) or not isinstance(n, int) or isinstance(n, bool):
+            return
+        pid_ = e.get("engine_pid") if isinstance(e.get("engine_pid"), int) else None
+        seen = incarnations.setdefault(c, [])
+        if not seen or n > seen[-1]["incarnation"]:
+            seen.append({"incarnation": n, "engine_pid": pid_, "from_us": ts})
+        was = engine.get(c)
+        if not engine_event or (was is not None and n <= was[0]):
+            return
+        engine[c] = (n, pid_)
+        if was is None:
+            return
+        p, at = pid(c), last_ts.get(c, ts)
+        for name in reversed(stacks.pop(c, [])):
+            out.append({"ph": "E", "name": name, "cat": "function", "ts": at, "pid": p,
+                        "tid": THREADS["functions"][0],
+                        "args": {"unwound": True, "engine_ended": was[0]}})
+        out.append({"ph": "i", "s": "p", "name": f"engine {n}", "cat": "incarnation",
+                    "ts": ts, "pid": p, "tid": 0,
+                    "args": {"incarnation": n, "engine_pid": pid_, "previous": was[0]}})
+
     for e in sorted(events, key=lambda e: e["ts_ns"]):
         kind = e.get("kind")
+        incarnation(e, us(e["ts_ns"]), kind != "call")
         if kind == "call":
             if e.get("id") in seen_calls:
                 continue
@@ -69,12 +110,17 @@ def chrome(events: list, meta: dict | None = None) -> dict:
             out.append({**flow, "ph": "f", "bp": "e", "ts": at, "pid": callee,
                         "tid": THREADS["in"][0]})
         elif kind in ("enter", "exit"):
+            c = e.get("compartment", "?")
             ev = {"ph": "B" if kind == "enter" else "E",
                   "name": printable(str(e.get("name", "?"))), "cat": "function",
-                  "ts": us(e["ts_ns"]), "pid": pid(e.get("compartment", "?")),
-                  "tid": THREADS["functions"][0]}
+                  "ts": us(e["ts_ns"]), "pid": pid(c), "tid": THREADS["functions"][0]}
             if e.get("unwound"):
                 ev["args"] = {"unwound": True}
+            stack = stacks.setdefault(c, []) if isinstance(c, str) else []
+            if kind == "enter":
+                stack.append(ev["name"])
+            elif stack:
+                stack.pop()
             out.append(ev)
         elif kind == "hostcall":
             out.append({"ph": "X", "name": printable(str(e.get("name", "?"))),
@@ -88,6 +134,9 @@ def chrome(events: list, meta: dict | None = None) -> dict:
                         "tid": THREADS["functions"][0],
                         "args": {"address": e.get("address"), "size": e.get("size"),
                                  "function": printable(str(e.get("name", "?")))}})
+        c = e.get("compartment")
+        if kind != "call" and isinstance(c, str):
+            last_ts[c] = us(e["ts_ns"])
     names = []
     for name, p in pids.items():
         names.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
@@ -95,8 +144,10 @@ def chrome(events: list, meta: dict | None = None) -> dict:
         for tid, label in THREADS.values():
             names.append({"ph": "M", "name": "thread_name", "pid": p, "tid": tid,
                           "args": {"name": label}})
-    return {"traceEvents": names + out, "displayTimeUnit": "ms",
-            "otherData": {"generator": "wsuper trace", **(meta or {})}}
+    other = {"generator": "wsuper trace", **(meta or {})}
+    if incarnations:
+        other["incarnations"] = {printable(c): v for c, v in incarnations.items()}
+    return {"traceEvents": names + out, "displayTimeUnit": "ms", "otherData": other}
 
 
 def jsonl(events: list) -> str:

@@ -98,3 +98,99 @@ k = {{ host = "directory", path = "{data}" }}
                          for x in after), after
     assert sum(x["method"] == "write" and x["outcome"] == "returned"
                for x in every[:at] if x.get("capability", "").startswith("app.d")) == n
+
+
+def _probe_seen(system, compartment, name) -> int:
+    r = run_wsuper("probe", str(system), compartment, "list", "--json")
+    if r.returncode != 0:
+        return 0
+    return sum(p["seen"] for p in json.loads(r.stdout) if p["name"] == name)
+
+
+def _until(what, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if what():
+            return
+        time.sleep(0.05)
+    raise AssertionError("not within 30 s")
+
+
+def test_a_trace_across_a_killed_engine_its_restart_and_a_revocation_names_each_engine(
+        tmp_path, wsuper):
+    """`wsuper trace --functions` of app -> relay -> calc while relay's engine is
+    killed (SIGKILL, in the middle of its calls), restarts, and app's grant is then
+    revoked.  The trace put both engines' events in one track and said nothing of
+    the restart: the functions the killed engine was in (it reports no exits) stayed
+    open to the end of the trace, every later function of relay drawn nested inside
+    them.  The file is valid trace-event JSON that names each engine (its pid, an
+    "engine 2" mark where the new one begins), and no function of the old engine is
+    open past it."""
+    from tests.integration.test_probes import _chain
+    system = _chain(tmp_path)
+    system.write_text(system.read_text().replace(
+        "[compartments.relay]\n", '[compartments.relay]\nrestart = "permanent"\n'
+                                  'restart_delay = 0.0\n').replace(
+        'calc = { compartment = "relay" }', 'calc = { compartment = "relay", revocable = true }'))
+    run = wsuper("up", str(system))
+    first = int(run.wait_for("ready relay").split("pid=")[1].split()[0])
+    run.wait_for("ready app")
+    out = tmp_path / "trace.json"
+    trace = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                              "--seconds", "120", "-o", str(out), "--functions", "*"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run.wait_for("probe added: relay.trace-1-f")
+        _until(lambda: _probe_seen(system, "relay", "trace-1-f") > 0)
+        k = len(run.lines)
+        os.kill(first, signal.SIGKILL)
+        second = int(run.wait_for("ready relay", start=k).split("pid=")[1].split()[0])
+        run.wait_for("probe added: relay.trace-1-f", start=k)
+        _until(lambda: _probe_seen(system, "relay", "trace-1-f") > 0)
+        r = run_wsuper("revoke", str(system), "app.calc")
+        assert r.returncode == 0, r.stderr
+        run.wait_for("app.calc was revoked")
+        trace.send_signal(signal.SIGINT)
+        stdout, stderr = trace.communicate(timeout=60)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+            trace.communicate()
+    assert trace.returncode == 130, stderr
+    assert "relay restarted: its trace probe trace-1-f was added again" in stderr, stderr
+    assert run_wsuper("stop", str(system)).returncode == 0
+    run.finish()
+    doc = json.loads(out.read_text())
+    events = doc["traceEvents"]
+    for e in events:
+        assert e["ph"] in ("M", "X", "B", "E", "s", "f", "i"), e
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int), e
+        if e["ph"] != "M":
+            assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
+    process = {e["pid"]: e["args"]["name"] for e in events
+               if e["ph"] == "M" and e["name"] == "process_name"}
+    relay = {v: k for k, v in process.items()}["relay"]
+    # each engine of relay named, in order, with its pid
+    engines = doc["otherData"]["incarnations"]["relay"]
+    assert [x["engine_pid"] for x in engines] == [first, second], engines
+    marks = [e for e in events if e["ph"] == "i" and e["pid"] == relay
+             and e.get("cat") == "incarnation"]
+    assert [(m["name"], m["args"]["engine_pid"]) for m in marks] == [("engine 2", second)]
+    # no function of the killed engine is open past the new engine's mark, and no
+    # exit comes without its entry
+    depth, at_mark = 0, None
+    for e in events:
+        if e["pid"] != relay:
+            continue
+        if e["ph"] == "B":
+            depth += 1
+        elif e["ph"] == "E":
+            depth -= 1
+            assert depth >= 0, e
+        elif e is marks[0]:
+            at_mark = depth
+    assert at_mark == 0
+    # the call the kill ended, and the calls the revocation refused, say why
+    reasons = [e["args"].get("reason") or "" for e in events
+               if e["ph"] == "X" and e["pid"] == relay and e["args"]["outcome"] != "returned"]
+    assert any("engine killed by SIGKILL" in x for x in reasons), reasons

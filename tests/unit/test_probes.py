@@ -1349,3 +1349,30 @@ def test_a_reader_is_stalled_only_when_nothing_it_was_sent_is_taken_for_the_time
     assert not w.stalled(16.9, 5.0)
     w.look(17.0, None)                # cannot be told: as if taken
     assert not w.stalled(21.9, 5.0)
+
+
+def test_a_trace_closes_the_functions_a_killed_engine_was_in_and_marks_the_new_one():
+    """A killed engine reports no exits: the functions it was in stayed open to the
+    end of the trace, and the new engine's functions were drawn nested inside them,
+    with nothing saying an engine had changed.  They are closed at the old engine's
+    last event, the new one is marked where its events begin, and both are named."""
+    r = P.Registry(lambda: 0)
+    r.restarted("relay", 101)
+    assert r.incarnations["relay"] == (1, 101)
+    r.restarted("relay", 202)
+    assert r.incarnations["relay"] == (2, 202)
+    old = [{"kind": "enter", "compartment": "relay", "name": n, "ts_ns": t,
+            "incarnation": 1, "engine_pid": 101} for n, t in (("main", 1000), ("forward", 2000))]
+    new = [{"kind": "enter", "compartment": "relay", "name": "forward", "ts_ns": 9000,
+            "incarnation": 2, "engine_pid": 202},
+           {"kind": "exit", "compartment": "relay", "name": "forward", "ts_ns": 9500,
+            "incarnation": 2, "engine_pid": 202}]
+    t = trace.chrome(old + new)
+    body = [e for e in t["traceEvents"] if e["ph"] != "M"]
+    assert [(e["ph"], e["name"], e["ts"]) for e in body] == [
+        ("B", "main", 0.0), ("B", "forward", 1.0), ("E", "forward", 1.0), ("E", "main", 1.0),
+        ("i", "engine 2", 8.0), ("B", "forward", 8.0), ("E", "forward", 8.5)]
+    assert body[2]["args"] == {"unwound": True, "engine_ended": 1}
+    assert [x["engine_pid"] for x in t["otherData"]["incarnations"]["relay"]] == [101, 202]
+    # events without an incarnation (older sinks, hostile input) change nothing
+    assert "incarnations" not in trace.chrome([{**e, "incarnation": "x"} for e in old])["otherData"]
