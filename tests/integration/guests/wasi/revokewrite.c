@@ -2,12 +2,14 @@
    real disk: each write takes time in a supervisor's worker thread, where most
    of the run is spent), until a write fails (`wsuper revoke app.d`); prints how it
    failed, tries /d once more, then writes /k/other.txt through the other grant
-   on the same directory, and prints what each did.  test_revoke_races.py revokes
-   app.d while it writes. */
+   on the same directory, prints what each did, and waits for /k/done.
+   test_revoke_races.py revokes app.d while it writes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <wasi/api.h>
 
@@ -41,5 +43,9 @@ int main(void) {
   int k = open("/k/other.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (k < 0 || write(k, "other\n", 6) != 6 || fsync(k) != 0) printf("other: %s\n", said(errno));
   else printf("other: ok\n");
+  fflush(stdout);
+  struct stat st;                       /* the test looks at the supervisor meanwhile */
+  struct timespec t = {0, 20000000};
+  for (int i = 0; i < 3000 && stat("/k/done", &st) != 0; i++) nanosleep(&t, 0);
   return 0;
 }
