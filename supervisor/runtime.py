@@ -3154,6 +3154,7 @@ class Supervisor:
         says so if one is still running then.  Those begun end before the revocation
         itself (Router.revoking), and their calls are answered as they ended: the
         file's content and the audit agree on which landed."""
+        deadline = trio.current_time() + hostcaps.IO_DEADLINE
         if self.router.revoked_already(grant):
             # one revocation, one record: a second said a revocation at its own time.
             # But not "ok" while a file operation begun before the first still runs
@@ -3161,10 +3162,8 @@ class Supervisor:
             # the write landed after it
             text = f"{grant} was revoked already"
             running, closing = self._revoke_waits.get(grant, ([], []))
-            deadline = trio.current_time() + hostcaps.IO_DEADLINE
         else:
             text = f"revoked {grant}"
-            deadline = trio.current_time() + hostcaps.IO_DEADLINE
             # from here no host job through the grant begins; those a worker thread has
             # begun end first and are answered as they ended, before the revocation:
             # revoked at once, a write under way landed while its call was failed
