@@ -299,14 +299,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-revoke", action="store_true",
                     help="never revoke (quotas and leaks checked over whole scenarios)")
     args = ap.parse_args(argv)
-    a, _, b = args.seeds.partition("-")
-    seeds = range(int(a), int(b or a) + 1)
-    fails = run(seeds, args.steps, args.leaks, not args.no_revoke)
-    for kind, reports in fails.items():
-        print(f"== {len(reports)} x {kind}\n{reports[0][-1500:]}\n")
-    print(f"{len(seeds)} scenarios of {args.steps} steps: "
-          + (f"{sum(map(len, fails.values()))} failed" if fails else "no failures"))
-    return 1 if fails else 0
+    from .router_scenarios import _seeds, report
+    seeds = _seeds(args.seeds)
+    return report(run(seeds, args.steps, args.leaks, not args.no_revoke), seeds, args.steps)
 
 
 if __name__ == "__main__":

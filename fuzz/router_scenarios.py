@@ -983,10 +983,14 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=80)
     args = ap.parse_args(argv)
     seeds = _seeds(args.seeds)
-    fails = run(seeds, args.steps)
+    return report(run(seeds, args.steps), seeds, args.steps)
+
+
+def report(fails: dict, seeds: range, steps: int) -> int:
+    """A scenario fuzzer's failures, one of each kind, and its exit code (1: some)."""
     for kind, reports in fails.items():
         print(f"== {len(reports)} x {kind}\n{reports[0][-1500:]}\n")
-    print(f"{len(seeds)} scenarios of {args.steps} steps: "
+    print(f"{len(seeds)} scenarios of {steps} steps: "
           + (f"{sum(map(len, fails.values()))} failed" if fails else "no failures"))
     return 1 if fails else 0
 
