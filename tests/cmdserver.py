@@ -169,7 +169,8 @@ class Server:
              "import sys; sys.path[0] = sys.argv[1]; from tests import cmdserver; "
              "cmdserver._child_main(cmdserver._serve(sys.argv[2]))", root, self.path],
             cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        if self.proc.stdout.readline() != b"ready\n":
+        from tests.conftest import read_line
+        if read_line(self.proc) != b"ready\n":
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError("the command server did not start")

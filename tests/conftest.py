@@ -1,4 +1,5 @@
 import atexit
+import io
 import os
 import shutil
 import subprocess
@@ -125,6 +126,40 @@ def _signal_handlers_as_they_were():
         if handler is not None and signal.getsignal(getattr(signal, s)) is not handler:
             signal.signal(getattr(signal, s), handler)
     sys.unraisablehook = hook
+
+
+def read_line(proc, timeout: float = 60, stream: str = "stdout"):
+    """The next line `proc` writes to its `stream` (a pipe), read from the descriptor
+    a byte at a time, so nothing after it is taken; str or bytes as the pipe gives
+    them, "" (b"") at the end of its output.  `proc.stdout.readline()` reads ahead
+    into the file object's buffer, which `communicate(timeout=...)` never looks at
+    (it reads the descriptor): what the process wrote just after that line was
+    lost to the test.  A test waited for `held`, then looked for
+    `SIGINT, stopping` in what communicate() gave, and failed whenever the machine
+    was slow enough for both lines to be in the pipe at its first read (CI, 1 in
+    ~50 runs).  tests/unit/test_code_rules.py keeps the tests to this one."""
+    pipe = getattr(proc, stream)
+    fd = pipe.fileno()
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not readable(fd, left):
+            raise AssertionError(f"no whole line from pid {proc.pid} within {timeout} s "
+                                 f"(read so far: {bytes(data)!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        data += byte
+    if isinstance(pipe, io.TextIOBase):
+        return data.decode(pipe.encoding or "utf-8", errors="replace")
+    return bytes(data)
+
+
+def lines_of(proc, timeout: float = 60, stream: str = "stdout"):
+    """`proc`'s `stream` line by line to its end (read_line), each within `timeout`."""
+    while line := read_line(proc, timeout, stream):
+        yield line
 
 
 class Running:

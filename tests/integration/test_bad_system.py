@@ -11,7 +11,7 @@ import attrs
 import pytest
 import wasmtime
 
-from tests.conftest import EXAMPLES, ROOT, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, read_line, run_wsuper
 
 CALC = os.path.join(EXAMPLES, "calc.wat")
 SCHEMA = os.path.join(EXAMPLES, "calc.capnp")
@@ -656,7 +656,7 @@ def test_a_schemas_fork_holds_no_descriptor_of_the_command_while_it_parses(tmp_p
                           str(tmp_path / "lock")], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pipe, high = p.stdout.readline().split()
+        pipe, high = read_line(p).split()
         child = _parsing_child(p.pid)
         held = {int(fd): os.readlink(f"/proc/{child}/fd/{fd}")
                 for fd in os.listdir(f"/proc/{child}/fd")}
@@ -2453,10 +2453,10 @@ def test_schema_copies_left_by_a_process_that_ended_without_its_exit_handlers_ar
         return subprocess.Popen([sys.executable, "-c", load + code], cwd=ROOT, env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kw)
     ended = python("os._exit(0)")                      # no exit handlers
-    dead = ended.stdout.readline().strip()
+    dead = read_line(ended).strip()
     ended.wait(60)
     alive = python("sys.stdin.read()")                 # lives on, holding its own
-    held = alive.stdout.readline().strip()
+    held = read_line(alive).strip()
     old = time.time() - 3600
     legacy_old, legacy_new, open_to_others = (tmp / f"wsuper-schemas-{n}" for n in
                                               ("legacy1", "legacy2", "others"))
@@ -2474,7 +2474,7 @@ def test_schema_copies_left_by_a_process_that_ended_without_its_exit_handlers_ar
     try:
         assert os.path.isdir(dead) and os.path.isdir(held) and dead != held
         other = python("")                              # makes its own, and sweeps
-        mine = other.stdout.readline().strip()
+        mine = read_line(other).strip()
         assert other.wait(60) == 0
         assert os.path.isdir(held)                      # its process lives: kept
     finally:

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from compartments import confine, zygote as zygote_module
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, read_line
 
 ROOT_USER = os.geteuid() == 0
 ENGINE_USER = (65534, 65534)
@@ -323,7 +323,7 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
                               stderr=subprocess.PIPE, text=True)
     theirs.close()
     try:
-        line = engine.stdout.readline()
+        line = read_line(engine)
         assert line, engine.stderr.read()
         got = json.loads(line)
         pid = engine.pid
@@ -894,7 +894,7 @@ def test_the_wasm_tools_child_holds_no_capability_and_signals_nothing_outside():
                                 env={}, preexec_fn=instrument._confine_tool(shell))
         os.close(r)
         try:
-            said = tool.stdout.readline().decode().strip()
+            said = read_line(tool).decode().strip()
             assert said, tool.stderr.read()
             status = _status(tool.pid)
             for cap in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"):
@@ -954,7 +954,7 @@ def test_the_wasm_tools_child_dies_with_the_process_that_ran_it():
     os.close(r)
     tool = None
     try:
-        tool = int(parent.stdout.readline())
+        tool = int(read_line(parent))
         assert _status(tool)["PPid"].strip() == str(parent.pid)
         parent.kill()
         parent.wait()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from supervisor.output import strip_time
-from tests.conftest import EXAMPLES, ROOT, Running, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, Running, lines_of, read_line, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
 SYSTEM = """
@@ -733,7 +733,7 @@ def test_a_stop_during_start_up_starts_no_more_compartments(tmp_path, sig):
                             text=True)
     lines = []
     try:
-        for line in proc.stdout:
+        for line in lines_of(proc):
             lines.append(line)
             if len(lines) == 1:              # the first compartment is ready
                 assert " ready calc" in line, line
@@ -1000,7 +1000,7 @@ def test_a_signal_before_the_systems_receiver_stops_it_with_its_code_and_a_word(
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        assert proc.stdout.readline().strip() == "held"
+        assert read_line(proc).strip() == "held"
         if where == "compile":
             for sig in sigs:
                 proc.send_signal(sig)
@@ -1066,7 +1066,7 @@ def _starting(tmp, system: str, seconds: int = 120) -> subprocess.Popen:
                       .format(root=ROOT))
     proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = proc.stdout.readline().strip()
+    line = read_line(proc).strip()
     if line != "compiling":
         proc.kill()
         proc.wait()
@@ -1113,7 +1113,7 @@ def test_a_start_under_way_when_the_stop_ends_the_zygote_is_no_failure(running, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
-        for line in proc.stdout:
+        for line in lines_of(proc):
             lines.append(line)
             if line.strip() == "held":
                 break
@@ -1160,7 +1160,7 @@ def test_a_hang_up_stops_the_system_unless_it_was_started_ignoring_it(tmp_path, 
                             text=True, preexec_fn=nohup)
     lines = []
     try:
-        for line in proc.stdout:
+        for line in lines_of(proc):
             lines.append(line)
             if "ready calc" in line:
                 break

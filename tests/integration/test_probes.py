@@ -12,7 +12,7 @@ import time
 import pytest
 
 import capnp_schemas
-from tests.conftest import EXAMPLES, ROOT, external_client, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, external_client, lines_of, run_wsuper
 
 GUESTS = os.path.join(ROOT, "tests", "integration", "guests")
 #: a system of one calc compartment (examples/calc), to add others to
@@ -122,7 +122,7 @@ class _Writer(threading.Thread):
         import sys
         p = subprocess.Popen([sys.executable, "-c", _WRITER, *self.args], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in p.stdout:
+        for line in lines_of(p):
             if line.startswith("done "):
                 self.done = int(line.split()[1])
             elif line.startswith("keys "):

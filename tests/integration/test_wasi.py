@@ -9,7 +9,7 @@ import time
 import pytest
 
 from supervisor.hostfs import ENTRY_COST
-from tests.conftest import ROOT, audit_calls, run_wsuper
+from tests.conftest import ROOT, audit_calls, lines_of, run_wsuper
 
 
 def _system(tmp_path, module, grants, extra=""):
@@ -1534,7 +1534,7 @@ env = {{ host = "environment", args = ["shortappend"] }}
                              stdout=out, stderr=subprocess.PIPE, text=True)
         try:
             said = []
-            for line in p.stderr:
+            for line in lines_of(p, stream="stderr"):
                 said.append(line)
                 if "ready app" in line:
                     break

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, read_line
 
 
 def test_wsuper_call_says_a_full_backlog_is_a_busy_system_not_a_silent_one(tmp_path):
@@ -104,7 +104,7 @@ def inherits(tmp_path):
                               stdout=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert read_line(server).strip() == "ready"
         yield str(schema), path
     finally:
         server.kill()
@@ -205,7 +205,7 @@ def test_wsuper_call_sends_a_field_named_which_or_schema_at_every_depth(tmp_path
     server = subprocess.Popen([sys.executable, "-c", ECHO, str(schema), path],
                               stdout=subprocess.PIPE, text=True, cwd=root)
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert read_line(server).strip() == "ready"
         params = ('(which = 7, schema = "s", s = (which = 8, schema = "t", init = 9), '
                   'l = [(which = 10)], ll = [[(which = 11)]], p = (g = (which = 12, u = (which = 13))))')
         r = subprocess.run([sys.executable, "-c", CALL_W, str(schema), path, params],

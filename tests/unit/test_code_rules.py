@@ -52,6 +52,65 @@ def test_the_rule_above_sees_each_way_of_calling_select():
     assert _select_calls("import select\nselect.poll()\nsel.select(1)\n") == []
 
 
+def _buffered_line_reads(source: str) -> list[int]:
+    """Lines that read a child's pipe line by line through its file object:
+    `X.stdout.readline()` (or stderr's), or a loop over `X.stdout`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "readline" and isinstance(node.func.value, ast.Attribute) \
+                and node.func.value.attr in ("stdout", "stderr"):
+            lines.append(node.lineno)
+        elif isinstance(node, (ast.For, ast.comprehension)) and \
+                isinstance(node.iter, ast.Attribute) and node.iter.attr in ("stdout", "stderr"):
+            lines.append(node.iter.lineno)
+    return sorted(lines)
+
+
+def test_tests_read_a_childs_lines_without_reading_ahead():
+    """`proc.stdout.readline()` reads ahead into the file object's buffer, and
+    `proc.communicate(timeout=...)` then reads the descriptor, never that buffer:
+    what the child wrote just after the line was lost to the test, on a machine
+    slow enough for it to be in the pipe already.  A signal test read `held`,
+    then missed `SIGINT, stopping` (CI, now and then).  Tests read a child's lines
+    with tests.conftest.read_line (the descriptor, a byte at a time) instead."""
+    found = [f"{os.path.relpath(path, ROOT)}:{line}"
+             for path in _python_files(("tests",))
+             for line in _buffered_line_reads(open(path, encoding="utf-8").read())]
+    assert found == []
+
+
+def test_the_rule_above_sees_each_way_of_reading_ahead():
+    assert _buffered_line_reads("p.stdout.readline()\nfor x in q.stdout:\n    pass\n") \
+        == [1, 2]
+    assert _buffered_line_reads("[x for x in self.proc.stderr]\n") == [1]
+    assert _buffered_line_reads("s.makefile().readline()\nread_line(p)\n"
+                                "sys.stdin.readline()\n") == []
+
+
+def test_read_line_leaves_what_follows_the_line_to_communicate():
+    """What the rule above stands on: a child that wrote two lines and ended (a
+    machine slow enough for both to be in the pipe at the test's first read).
+    Read as the tests read now, communicate() has the second; read through the
+    file object's readline(), it was gone (the signal test's failure)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import read_line
+    code = "print('held'); print('SIGINT, stopping')"
+    for text in (True, False):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                text=text)
+        proc.wait(60)
+        assert read_line(proc) == ("held\n" if text else b"held\n")
+        assert proc.communicate(timeout=60)[0] == ("SIGINT, stopping\n" if text
+                                                    else b"SIGINT, stopping\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc.wait(60)
+    assert getattr(proc.stdout, "readline")() == "held\n"
+    assert proc.communicate(timeout=60)[0] == ""         # lost in the buffer
+
+
 #: A Cap'n Proto file id (`@0x...;` at the head of a schema) in a test's text
 _FILE_ID = re.compile(r"@0x([0-9a-fA-F]{16});")
 #: ids test_c_reader loads in its worker and test_bindgen writes only for `wsuper

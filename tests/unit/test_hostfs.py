@@ -15,6 +15,7 @@ from capnp_schemas import host as host_schema
 from capnp_schemas.payloads import method_structs
 from supervisor import hostfs
 from supervisor.hostfs import ENTRY_COST, Directory, File, FsError, LIST_PAGE_ENTRIES
+from tests.conftest import read_line
 
 
 @pytest.fixture
@@ -1831,7 +1832,7 @@ def test_a_chain_of_links_within_the_kernels_40_is_followed_while_others_mount(t
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         for p in churn:
-            if p.stdout.readline().strip() != "mounting":
+            if read_line(p).strip() != "mounting":
                 pytest.skip("cannot mount in a namespace of its own")
         failed = []
         for r in range(150):

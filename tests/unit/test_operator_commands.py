@@ -6,6 +6,7 @@ import time
 import pytest
 
 from supervisor import cli, endpoint
+from tests.conftest import read_line
 
 
 def test_stop_of_a_system_that_says_it_stops_but_does_not_is_an_error(tmp_path, monkeypatch,
@@ -678,7 +679,7 @@ def _silent_listener(tmp_path, monkeypatch):
                             stdout=subprocess.PIPE, text=True)
     # The socket file appears at bind(), before listen(): a connection then is
     # refused.  The listener says when it listens.
-    assert proc.stdout.readline().strip() == "listening"
+    assert read_line(proc).strip() == "listening"
     return system, proc
 
 
@@ -692,7 +693,7 @@ def test_an_up_stopped_after_it_was_asked_is_said_at_once_not_waited_for(tmp_pat
     system, proc = _silent_listener(tmp_path, monkeypatch)
     try:
         def stop_when_asked():
-            assert proc.stdout.readline().strip() == "asked"
+            assert read_line(proc, 600).strip() == "asked"
             os.kill(proc.pid, signal.SIGSTOP)
         t = threading.Thread(target=stop_when_asked)
         t.start()

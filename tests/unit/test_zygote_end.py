@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from supervisor import process
+from tests.conftest import read_line
 
 
 def test_a_zygote_gone_with_a_request_unread_ends_its_run_not_the_supervisor():
@@ -103,7 +104,7 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-        assert popen.stdout.readline() == b"ready\n"
+        assert read_line(popen) == b"ready\n"
         zygote = _zygote_of(popen, ours)
 
         async def main():
@@ -132,7 +133,7 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
         sys.stdout.write("ready\\n"); sys.stdout.flush()
         time.sleep(60)
     """], stdout=subprocess.PIPE)
-    assert popen.stdout.readline() == b"ready\n"
+    assert read_line(popen) == b"ready\n"
     zygote = _zygote_of(popen, ours)
     theirs.close()
 
@@ -171,7 +172,7 @@ def test_the_zygotes_end_is_waited_for_by_its_pidfd_not_by_polling_a_clock(tmp_p
         sys.stdout.write("ready\\n"); sys.stdout.flush()
         time.sleep(60)
     """], stdout=subprocess.PIPE)
-    assert popen.stdout.readline() == b"ready\n"
+    assert read_line(popen) == b"ready\n"
     zygote = _zygote_of(popen, ours)
     theirs.close()                       # its socket ends first: run() stops it, waits
     runner = threading.Thread(target=trio.run, args=(zygote.run,),
