@@ -205,6 +205,9 @@ class Peer:
         self.limits = limits
         self.laned = False               # its socket is the fast lane's (fastlane.py)
         self.pipelined = 0               # bytes of its calls waiting on unreturned answers
+        #: bytes of results it keeps beyond KEPT_OWN_BYTES counted in the router's
+        #: bound of its kind (Router._kept_upper)
+        self.kept_counted = 0
         #: when it last did useful work through the router (router.clock): a call or
         #: bootstrap it made, a return it gave or got; Release, Finish and the like
         #: are not (the runtime evicts idle external connections by it)
@@ -516,6 +519,13 @@ class Router:
         #: peers answered past their own KEPT_OWN_BYTES of kept results: the pool of
         #: their kind is looked at once the entry point's work is done (_kept_shed)
         self._kept_over: list = []
+        #: per kind of peer, at least what they all keep beyond their own (as
+        #: runtime._QueuePool.upper): each answer past a peer's own adds its growth
+        #: (Peer.kept_counted), Finish and a peer's end only take from the truth.
+        #: Every peer is looked at only once an answer would take this past the
+        #: pool: looked at for every answer past a peer's own, an abuser that never
+        #: finished made each of its answers cost O(peers)
+        self._kept_upper = {"engine": 0, "external": 0}
         self.native = None                             # the fast lane (fastlane.Lane), if any
         # the audit's room at the last native_tick(), and the records the router made
         # while it had none, each with the number of lane records that go before it
@@ -1032,7 +1042,14 @@ class Router:
         KEPT_OWN_BYTES, its kind's pool is looked at (_kept_shed), once the work
         at hand is done (not in the middle of it: cutting peers off changes what
         it may be walking)."""
-        if peer.conn.kept > KEPT_OWN_BYTES and peer not in self._kept_over:
+        beyond = peer.conn.kept - KEPT_OWN_BYTES
+        if beyond <= 0 or peer in self._kept_over:
+            return
+        upper = self._kept_upper[peer.kind] + max(0, beyond - peer.kept_counted)
+        if upper <= KEPT_POOL_BYTES:
+            self._kept_upper[peer.kind] = upper
+            peer.kept_counted = max(peer.kept_counted, beyond)
+        else:
             self._kept_over.append(peer)
 
     def _kept_shed(self):
@@ -1056,6 +1073,13 @@ class Router:
                                f"its own {KEPT_OWN_BYTES}, the most of any {kind}; {kinds} "
                                f"together may hold at most {KEPT_POOL_BYTES} beyond their "
                                f"own): send Finish for them", "protocol error")
+            # measured: what the ones left keep is the bound from here on
+            upper = 0
+            for p in tuple(self.peers.values()):
+                if p.alive and p.kind == peer.kind:
+                    p.kept_counted = max(0, p.conn.kept - KEPT_OWN_BYTES)
+                    upper += p.kept_counted
+            self._kept_upper[peer.kind] = upper
 
     def _flush(self) -> list:
         if self._kept_over:

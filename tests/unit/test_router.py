@@ -4593,3 +4593,36 @@ def test_results_clients_keep_unfinished_come_from_one_pool_and_the_biggest_hold
     (close,) = [e for e in calc.effects if isinstance(e, fx.Close)]
     assert close.peer == a.pid and "the most of any external client" in close.reason \
         and f"external clients together may hold at most {R.KEPT_POOL_BYTES}" in close.reason
+
+
+def test_answers_to_clients_past_their_own_kept_results_do_not_look_at_every_peer(
+        monkeypatch):
+    """Clients that never send Finish, answered past their own 8 MiB again and
+    again: each answer looked at every peer of their kind (O(peers) an answer, for
+    as long as they kept going).  The others are looked at only once the pool may
+    be full; the pool still decides then, as in the test above."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    idle = [client(router, f"idle{i}") for i in range(50)]
+    a, b, c = client(router, "a"), client(router, "b"), client(router, "c")
+    looked = []
+    real = R.pool_shed
+    monkeypatch.setattr(R, "pool_shed", lambda *args: looked.append(1) or real(*args))
+    words = (4 << 20) // 8
+    big = Content.standalone([struct.pack("<Q", words << 32) + bytes(8 * words)])
+
+    def kept(who, n):
+        for _ in range(n):
+            who.send(who.conn.send_call(who.grants[0].import_id, CALC, 1)[1])
+            (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+            calc.inbox.clear()
+            calc.send(calc.conn.send_return(ev.answer_id, big, [object()]))
+
+    kept(a, 15)                     # 52 MiB beyond their own each, 104 of the 112
+    kept(b, 14)
+    kept(c, 3)
+    kept(b, 1)
+    assert looked == [] and all(p.pid in router.peers for p in (a, b, c))
+    kept(c, 2)                      # past the pool: looked at, a holds the most
+    assert looked and a.pid not in router.peers and b.pid in router.peers
+    assert all(p.pid in router.peers for p in idle + [c])
