@@ -380,6 +380,7 @@ class Generator:
                 body += _define(_macro(cname, k), str(v))
             out += _once(nid, "ENUM", body) + [""]
         for st in self.order:
+            out += _claim(st.cname, st.schema)
             out += _once(st.schema.node.id, "TYPEDEF", [f"typedef struct {st.cname} {st.cname};"])
         for lname, elem in self.list_types.items():
             out += _once(self.list_ids[lname], "LIST", [
@@ -702,6 +703,29 @@ def _define(name: str, value: str) -> list[str]:
     A redefinition was only a warning, and the second value won."""
     return [f"#if defined({name}) && ({name}) != ({value})",
             f'#error "wsuper bindgen: {name} is already defined with another value"',
+            f"#elif !defined({name})",
+            f"#define {name} {value}",
+            "#endif"]
+
+
+def _claim(cname: str, schema) -> list[str]:
+    """The C struct name `cname` claimed for the node of `schema` alone: two schemas
+    that each declare a struct of one name (`struct Point` in a.capnp and in
+    b.capnp, two types) gave headers whose inclusion in one C file failed with only
+    the compiler's "redefinition of 'struct point'", naming no schema.  Now an
+    #error names the struct (the compiler names the header).  The same node from two headers (a file
+    both import, an identical copy) claims it with the same id, which is no error;
+    each header in a C file of its own builds as before.  (Enums of one name are
+    one C type, uint16_t, and their constants are checked by _define.)"""
+    # the schema's name for it (its file is the header the compiler names, and no
+    # path goes into a header's code: test_a_colon_in_an_imported_files_path...)
+    shown = re.sub(r"[^A-Za-z0-9_.$]", "?", _scoped(schema)[1])
+    name, value = f"WSUPER_CNAME_{cname}", f"0x{schema.node.id:016x}u"
+    return [f"#if defined({name}) && {name} != {value}",
+            f'#error "wsuper bindgen: C struct {cname} (struct {shown} of this header\'s '
+            f'schema) has the name of another type of a generated header included before: '
+            f'rename one of them in its schema, or include the two headers in different C '
+            f'files"',
             f"#elif !defined({name})",
             f"#define {name} {value}",
             "#endif"]

@@ -1615,3 +1615,23 @@ int main(void) {
   return maker_make(&a, 1, &m, &r) == 0 && r.h && h.m->x == 1;
 }
 """) == ""
+
+
+def test_two_schemas_with_a_struct_of_one_name_say_so_in_one_c_file(tmp_path):
+    """`struct Point` in a.capnp and another in b.capnp (two types): their headers
+    in one C file failed with only the compiler's "redefinition of 'struct
+    point'", naming no schema (r256).  An #error names the struct (and the compiler
+    the header it is in);
+    each header in a C file of its own still builds."""
+    a = "@0xd1f0a3b2c4e5f6d1;\nstruct Point { x @0 :Int32; }\n" \
+        "interface A { put @0 (p :Point) -> (); }\n"
+    b = "@0xd1f0a3b2c4e5f6d2;\nstruct Point { y @0 :Float64; }\n" \
+        "interface B { put @0 (p :Point) -> (); }\n"
+    error = _compile(tmp_path / "both", {"a": a, "b": b},
+                     '#include "a.h"\n#include "b.h"\nint main(void) { return 0; }\n')
+    assert "b.h" in error and "wsuper bindgen: C struct point (struct Point of this " \
+           "header's schema) has the name of another type of a generated header included " \
+           "before" in error, error
+    for one in ("a", "b"):
+        assert _compile(tmp_path / one, {one: a if one == "a" else b},
+                        f'#include "{one}.h"\nint main(void) {{ return 0; }}\n') == ""
