@@ -713,10 +713,11 @@ def _claim(cname: str, schema) -> list[str]:
     that each declare a struct of one name (`struct Point` in a.capnp and in
     b.capnp, two types) gave headers whose inclusion in one C file failed with only
     the compiler's "redefinition of 'struct point'", naming no schema.  Now an
-    #error names the struct (the compiler names the header).  The same node from two headers (a file
-    both import, an identical copy) claims it with the same id, which is no error;
-    each header in a C file of its own builds as before.  (Enums of one name are
-    one C type, uint16_t, and their constants are checked by _define.)"""
+    #error names the struct (the compiler names the header).  The same node from
+    two headers (a file both import, an identical copy) claims it with the same
+    id, which is no error; each header in a C file of its own builds as before.
+    (Enums of one name are one C type, uint16_t, and their constants are checked
+    by _define.)"""
     # the schema's name for it (its file is the header the compiler names, and no
     # path goes into a header's code: test_a_colon_in_an_imported_files_path...)
     shown = re.sub(r"[^A-Za-z0-9_.$]", "?", _scoped(schema)[1])
