@@ -958,6 +958,9 @@ class Supervisor:
         # grant -> the file operations its revocation waited for (_revoke): a second
         # `wsuper revoke` of it waits for those still running, and says so
         self._revoke_waits: dict[str, tuple[list, list]] = {}
+        # host call tokens whose job was not run because a grant on their way was being
+        # revoked (_io_answer): left to that revocation to fail, no answer to wait for
+        self._left_to_revocation: set[int] = set()
         # id(served) -> set once its close (_release_in_thread) has ended: a revocation
         # answers once the files and directories it closes are closed (_revoke)
         self._releasing: dict[int, threading.Event] = {}
@@ -2666,7 +2669,11 @@ class Supervisor:
             if outcome is _SKIPPED:
                 job.abandon()
                 if self.router.host_call_revoking(call.token):
-                    return      # the revocation under way fails it (_revoke), after its record
+                    # the revocation under way fails it (_revoke), after its record; and
+                    # does not wait for it: its thread marked it running before asking
+                    # (a revocation that began between the two counted it begun)
+                    self._left_to_revocation.add(call.token)
+                    return
                 expired = self.router.host_call_expired(call.token)  # its grant expired
                 outcome = hostcaps.Refusal(expired, "denied") if expired else \
                     hostcaps.Refusal("ECANCELED: the call ended before its turn came "
@@ -3171,12 +3178,18 @@ class Supervisor:
             # happened, the audit saying so, the file holding it; r259)
             tokens = self.router.revoking(grant)
             begun = [t for t in tokens if t in self._host_threads]
+            # a job its thread had marked running but had not yet asked whether it was
+            # still wanted (host_call_live) is not run, and left to this revocation
+            # (_io_answer): waited for as begun, its call never answered, revoke waited
+            # for it until the deadline (10 s), the grant acting meanwhile (r261)
+            left = self._left_to_revocation        # (changed in place only)
             try:
-                while any(self.router.host_call_open(t) for t in begun) \
+                while any(self.router.host_call_open(t) and t not in left for t in begun) \
                         and trio.current_time() < deadline:
                     await trio.sleep(0.005)
             except BaseException:
                 self.router.not_revoking(grant)
+                self._forget_left()
                 raise
             if self.router.revoked_already(grant):    # by another request meanwhile
                 return await self._revoke(grant)
@@ -3192,6 +3205,7 @@ class Supervisor:
                 return {"ok": False, "error": e.args[0], "unknown": True}
             released = [e.served for e in effects if isinstance(e, fx.HostRelease)]
             self._perform(effects)
+            self._forget_left()
             # those still running (past the deadline: a hung disk) were failed above;
             # the answer says they may still complete
             running = [e for e in map(self._host_threads.get, tokens) if e is not None]
@@ -3214,6 +3228,13 @@ class Supervisor:
             f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "") + (
             f"; {unclosed} of the files and directories it closes did not close within "
             f"{hostcaps.IO_DEADLINE:g} s" if unclosed else "")}
+
+    def _forget_left(self):
+        """Of the calls left to a revocation (_left_to_revocation), those it has
+        failed, or that ended otherwise, are no longer noted."""
+        left = self._left_to_revocation
+        if left:
+            left -= {t for t in left if not self.router.host_call_open(t)}
 
     async def _admin_answer(self, line: bytes) -> dict:
         try:

@@ -224,9 +224,10 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
         app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
         (call,) = app.host_calls
         sup = type("Sup", (), {"_revoke": runtime.Supervisor._revoke,
-                               "_audit_operator": runtime.Supervisor._audit_operator})()
+                               "_audit_operator": runtime.Supervisor._audit_operator,
+                               "_forget_left": runtime.Supervisor._forget_left})()
         sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
-        sup.audit, sup._revoke_waits = None, {}
+        sup.audit, sup._revoke_waits, sup._left_to_revocation = None, {}, set()
         return sup, call.token, app
 
     sup, token, app = system()
@@ -261,6 +262,71 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
     assert trio.run(sup._revoke, "nothing.here")["ok"] is False
 
 
+def test_revoke_does_not_wait_for_a_job_its_thread_marked_and_then_did_not_run(monkeypatch):
+    """A worker thread marks a job running before it asks whether its call is still
+    wanted (so that a revocation that does not see the mark came before the
+    question).  A revocation that came between the two counted the job as begun and
+    waited for its call to be answered; but the job, asked after the revocation
+    began, was not run and its call was left to the revocation to fail, unanswered:
+    `wsuper revoke` waited for it until IO_DEADLINE (10 s), the grant still acting
+    meanwhile.  Real trio threads and the real Router; the thread is held between
+    its mark and its question, as the scheduler may hold it."""
+    from supervisor import router as R
+    from tests.unit.test_router import CLOCK, grant, start
+
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 3600.0)   # waited for: a hang
+    router = R.Router({"app": None}, names={CLOCK: ("Clock", {0: "wall"})})
+    app = start(router, "app", [grant("time", "clock", "host", revocable=True)],
+                answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (call,) = app.host_calls
+    asking, go_on, ran = threading.Event(), threading.Event(), []
+    live = router.host_call_live
+
+    def held_between_mark_and_question(token):
+        asking.set()
+        go_on.wait(20)
+        return live(token)
+    router.host_call_live = held_between_mark_and_question
+
+    class Stand(Sup):
+        _revoke = runtime.Supervisor._revoke
+        _audit_operator = runtime.Supervisor._audit_operator
+        _forget_left = runtime.Supervisor._forget_left
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Stand(n)
+            sup.router, sup._perform, sup.audit = router, app.deliver, None
+            sup._revoke_waits, sup._releasing, sup._left_to_revocation = {}, {}, set()
+            sup._queue_job(call, _job(lambda: ran.append(1) or {}))
+            with trio.fail_after(20):
+                while not asking.is_set():
+                    await trio.sleep(0.001)
+            assert call.token in sup._host_threads              # marked: begun, it seems
+            answers = []
+
+            async def revoke():
+                answers.append(await sup._revoke("app.time"))
+            n.start_soon(revoke)
+            with trio.fail_after(20):
+                while "app.time" not in router._revoking:
+                    await trio.sleep(0.001)
+            go_on.set()                        # now it asks: revoking, so not run
+            with trio.fail_after(20):          # (it waited for IO_DEADLINE)
+                while not answers:
+                    await trio.sleep(0.001)
+            n.cancel_scope.cancel()
+            return answers[0], sup
+
+    answer, sup = trio.run(main)
+    assert answer == {"ok": True, "text": "revoked app.time"}
+    assert ran == []
+    (got,) = app.inbox
+    assert "app.time was revoked while this call was in flight" in got.error
+    assert router.revoked_already("app.time") and sup._left_to_revocation == set()
+
+
 def test_revoking_again_says_ok_only_once_the_file_operations_of_the_first_end(monkeypatch):
     """A second `wsuper revoke` of a grant (after the first gave up waiting for a
     write begun before it, or while the first still waits) answered "ok: ... was
@@ -276,9 +342,10 @@ def test_revoking_again_says_ok_only_once_the_file_operations_of_the_first_end(m
     app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
     (call,) = app.host_calls
     sup = type("Sup", (), {"_revoke": runtime.Supervisor._revoke,
-                           "_audit_operator": runtime.Supervisor._audit_operator})()
+                           "_audit_operator": runtime.Supervisor._audit_operator,
+                           "_forget_left": runtime.Supervisor._forget_left})()
     sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
-    sup.audit, sup._revoke_waits = None, {}
+    sup.audit, sup._revoke_waits, sup._left_to_revocation = None, {}, set()
     writing = sup._host_threads[call.token] = threading.Event()      # never ends, yet
     monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.1)
     late = ("1 file operation begun before it did not finish within 0.1 s and may "
@@ -652,6 +719,8 @@ def test_revoke_answers_once_the_revoked_directory_is_closed_in_the_supervisor()
     class Stand:
         _revoke = runtime.Supervisor._revoke
         _audit_operator = runtime.Supervisor._audit_operator
+        _forget_left = runtime.Supervisor._forget_left
+        _left_to_revocation: set = set()
         _release = runtime.Supervisor._release
         _release_in_thread = runtime.Supervisor._release_in_thread
         _release_limiter = trio.CapacityLimiter(4)
