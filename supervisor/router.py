@@ -156,6 +156,18 @@ KEPT_OWN_BYTES = 8 << 20
 KEPT_POOL_BYTES = 2 * (protocol.MAX_KEPT_BYTES - KEPT_OWN_BYTES)
 
 
+def calls_past_soft(limits: Limits) -> int:
+    """The most that calls to a peer may add to what waits for it past its soft bound:
+    calls go on up to twice it (each caller a quarter there, `_not_reading`), and the
+    last one admitted below that may be a whole message.  Bytes its callers sent,
+    bounded and refused past that where they were admitted, not bytes it left unread
+    of its own making: no peer's share of its kind's pool (`Router.forwarded_bytes`,
+    runtime._QueuePool).  Counted as the peer's, a few callers filling that room in
+    eight compartments busy in a long call (8 x 20 MiB, past the engines' 128 MiB
+    pool) had an honest one cut off "it does not read its messages" (r261)."""
+    return queue_soft_limit(limits) + limits.message_size
+
+
 def engine_queue_pool(limits: Iterable[Limits]) -> int:
     """Bytes that may wait for compartments' engines beyond each one's own soft bound,
     all of them together (`limits`: every compartment's): twice the most one of them
@@ -305,6 +317,7 @@ class _Pending(dict):
     def __init__(self):
         super().__init__()
         self.forwarded: dict[tuple, int] = {}      # (callee id, caller id) -> bytes
+        self.forwarded_in: dict[int, int] = {}     # callee id -> bytes, all callers'
         self.at: dict[int, int] = {}               # peer id -> its questions here
         self.of_reply: dict[tuple, tuple] = {}     # (caller id, answer id) -> key
 
@@ -322,6 +335,11 @@ class _Pending(dict):
                 self.forwarded[k] = n
             else:
                 del self.forwarded[k]
+            n = self.forwarded_in.get(key[0], 0) + sign * handler.size
+            if n:
+                self.forwarded_in[key[0]] = n
+            else:
+                del self.forwarded_in[key[0]]
 
     def _one_less(self, pid):
         n = self.at.pop(pid) - 1
@@ -786,6 +804,11 @@ class Router:
         """One call into `peer` ended: served (it returned results) or failed."""
         if peer.kind == "engine":
             self.answered.setdefault(peer.name, [0, 0])[0 if served else 1] += 1
+
+    def forwarded_bytes(self, pid: int) -> int:
+        """Bytes of the calls (params) forwarded to peer `pid` through the router and
+        not answered yet, every caller's (runtime._QueuePool: calls_past_soft)."""
+        return self._pending.forwarded_in.get(pid, 0)
 
     def forwarded_to(self) -> dict:
         """peer id -> the calls forwarded to it and not yet answered, in one pass

@@ -151,9 +151,14 @@ class _QueuePool:
     would; else the writer is refused and cut off (router.pool_shed decides)."""
 
     def __init__(self, pool: int, kind: str = "external client",
-                 kinds: str = "external clients"):
+                 kinds: str = "external clients", excused=None):
         self.pool = pool
         self.kind, self.kinds = kind, kinds
+        #: peer id -> bytes of the calls forwarded to it and not answered yet: what of
+        #: those waits for it past its soft bound (at most its link's `calls_room`,
+        #: router.calls_past_soft) is its callers', bounded where the router admits
+        #: calls, not its share of this pool (None: all of it is)
+        self.excused = excused
         self.links: dict = {}           # link -> its peer id
         #: (peer id, reason) of the peers shed to make room, to be cut off by the
         #: supervisor once the write that shed them is done (Supervisor._shed)
@@ -179,23 +184,42 @@ class _QueuePool:
                 return True
             return self._measured(link, after, beyond)
 
+    def _past_own(self, link, raw: int) -> int:
+        """What of `raw` bytes waiting for `link` past its soft bound is beyond its
+        own: less the calls its callers sent it there (`excused`)."""
+        if raw > 0 and self.excused is not None and link.calls_room:
+            pid = self.links.get(link)
+            if pid is not None:
+                return raw - min(self.excused(pid), link.calls_room)
+        return raw
+
     def _measured(self, link, after: int, beyond: int) -> bool:
-        held = [(other.queued - other.soft, other) for other in tuple(self.links)
-                if other is not link and other.shed is None]
-        shed = R.pool_shed(beyond, held, self.pool)
+        # `upper` is made exact on what waits past the soft bounds, calls to them or
+        # not: what is excused may end (its calls answered) without a write here
+        raw = [(other.queued - other.soft, other) for other in tuple(self.links)
+               if other is not link and other.shed is None]
+        held = [(self._past_own(other, r), other) for r, other in raw]
+        upper = sum(r for r, _ in raw if r > 0)
+        own = self._past_own(link, beyond)
+        if own <= 0:        # calls to it, bounded where admitted (router.calls_past_soft)
+            self.upper = upper + beyond
+            return True
+        shed = R.pool_shed(own, held, self.pool)
         if shed is None:
             # the writer holds the most: it goes (its writer cuts it off), and counts
             # no more meanwhile: counted, the next write shed it too, and it was cut
             # off twice, the second time as "peer 9" with the other reason
             link.shed = self.refused(link, after)
-            self.upper = sum(b for b, _ in held if b > 0)
+            self.upper = upper
             return False
         beyond_of = {id(other): b for b, other in held}
-        self.upper = beyond + sum(b for b, other in held if b > 0 and other not in shed)
+        raw_of = {id(other): r for r, other in raw}
+        self.upper = beyond + upper - sum(max(raw_of[id(other)], 0) for other in shed)
+        calls = " and the calls sent to it" if self.excused is not None else ""
         for other in shed:
             b = beyond_of[id(other)]
             other.shed = (f"it does not read its messages ({b} bytes wait for it beyond "
-                          f"its own {other.soft}, the most of any {self.kind}, and "
+                          f"its own {other.soft}{calls}, the most of any {self.kind}, and "
                           f"{self.kinds} together may have at most {self.pool} bytes "
                           f"waiting beyond their own)")
             pid = self.links.get(other)
@@ -217,6 +241,7 @@ def _not_reading(link) -> str:
 
 class _Link:
     native = False
+    calls_room = 0              # router.calls_past_soft of its peer's (an engine's)
     shared: _QueuePool | None = None          # its kind's pool (external, engines)
     why: str | None = None                     # why a write was refused, if not `hard`
     external = False            # an external client's (the clients' turn: _client_turn)
@@ -399,6 +424,7 @@ class _NativeLink:
     that (a flood) goes to this peer's own task (`pending`, `busy`), which lets
     the others run every TURN.  `end`: why the stream ended (None: it closed)."""
     native = True
+    calls_room = 0              # router.calls_past_soft of its peer's (an engine's)
     shared: _QueuePool | None = None
     why: str | None = None
     external = False            # an external client's (the clients' turn: _client_turn)
@@ -991,7 +1017,7 @@ class Supervisor:
         #: own soft bound (router.engine_queue_pool)
         self._engine_queues = _QueuePool(
             R.engine_queue_pool(c.limits for c in self.system.compartments.values()),
-            "compartment", "compartments")
+            "compartment", "compartments", excused=self._forwarded_bytes)
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     # ------------------------------------------------------------ either thread
@@ -1828,6 +1854,7 @@ class Supervisor:
                          engine=True)
         self.links[pid] = link
         link.shared = self._engine_queues
+        link.calls_room = R.calls_past_soft(comp.limits)
         self._engine_queues.links[link] = pid
         self.nursery.start_soon(link.writer)
         # this incarnation's last stderr lines, for why it ended: its own (one kept by
@@ -3228,6 +3255,11 @@ class Supervisor:
             f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "") + (
             f"; {unclosed} of the files and directories it closes did not close within "
             f"{hostcaps.IO_DEADLINE:g} s" if unclosed else "")}
+
+    def _forwarded_bytes(self, pid: int) -> int:
+        """(the engines' _QueuePool: calls to peer `pid` are its callers', router.
+        calls_past_soft; read from the lane's worker too, in its turn)"""
+        return self.router.forwarded_bytes(pid)
 
     def _forget_left(self):
         """Of the calls left to a revocation (_left_to_revocation), those it has

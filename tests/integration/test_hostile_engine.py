@@ -478,3 +478,71 @@ def test_results_callers_never_finish_are_bounded_all_together_not_each_alone(tm
         assert rss - before[1] <= (3 * 60 + 24) * 1024, (rss, before)   # not 4 x 60 and more
     finally:
         run.stop()
+
+
+GUESTS = os.path.join(ROOT, "tests", "integration", "guests")
+SPIN = 0xC0FFEE00000000F1
+BUSY = 8                         # honest compartments, each busy in a long call
+#: callers of the busy ones: evil0 first makes each busy (Spin.spin) and sends it
+#: calls up to its soft bound and one past (8 MiB each: 24 MiB waiting); then each of
+#: the others one call of 4 MiB, a quarter of the soft bound, as any caller may
+#: until twice the soft bound (router._not_reading): 36 MiB waiting for each
+CALLER = """
+import os
+spin_ids = [engine.grants[f"busy{{i}}"][1].import_id for i in range({busy})]
+def params(size):
+    words = size // 8 - 2
+    return Content.standalone([struct.pack("<Q", words << 32) + b"\\1" * (8 * words)])
+time.sleep({wait})
+body = params({size})
+for imp in spin_ids:
+    if {first}:
+        send(conn.send_call(imp, {spin}, 0, Content.standalone([struct.pack("<Q", 0)]), [])[1])
+    for _ in range({calls}):
+        send(conn.send_call(imp, {spin}, 1, body, [])[1])
+log("{name} sent")
+time.sleep(60)
+"""
+
+
+def test_honest_compartments_busy_in_a_call_are_not_cut_off_for_what_callers_queued(
+        tmp_path):
+    """Past an engine's soft bound, what waits for it comes from one pool for all
+    engines (r258), and the ones holding the most of it are cut off as not reading.
+    But calls to a compartment busy in a long call wait for it up to twice its soft
+    bound (router._not_reading lets each caller a quarter of it there): bytes its
+    callers sent, bounded and refused past that, not bytes it failed to read of its
+    own making.  A few callers (here taken-over compartments, as honest ones could)
+    filled that room in 8 busy compartments: 8 x 20 MiB beyond their own, past the
+    128 MiB pool, and an honest compartment was cut off 'it does not read its
+    messages', with every call in it (r261).  Only what is not such calls (answers to
+    its own calls, flooded unread: the r258 attack) is the pool's."""
+    system = SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).split("[compartments.evil]")[0]
+    system = system.replace('schemas = [', f'schemas = ["{GUESTS}/spin.capnp", ')
+    for i in range(BUSY):
+        system += (f'\n[compartments.busy{i}]\nmodule = "{GUESTS}/spin.wat"\nexports = "Spin"\n'
+                   f'restart = "never"\n[compartments.busy{i}.limits]\n'
+                   f'fuel_per_call = 4_000_000_000_000_000\ncall_time = 30\n')
+    (tmp_path / "payloads").mkdir()
+    callers = [("evil0", 1, 3, (8 << 20) - 4096, 0)] + \
+        [(f"evil{k}", 0, 1, (4 << 20) - 4096, 4) for k in (1, 2, 3)]
+    for name, first, calls, size, wait in callers:
+        grants = 'calc = { compartment = "calc" }\n' + "".join(
+            f'busy{i} = {{ compartment = "busy{i}" }}\n' for i in range(BUSY))
+        system += (f'\n[compartments.{name}]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                   f'restart = "never"\n[compartments.{name}.grants]\n{grants}')
+        (tmp_path / "payloads" / f"{name}.py").write_text(PRELUDE + CALLER.format(
+            busy=BUSY, wait=wait, size=size, first=first, calls=calls, spin=SPIN, name=name))
+    (tmp_path / "system.toml").write_text(system)
+    run = Hostile(str(tmp_path / "payloads"), str(tmp_path / "system.toml"))
+    try:
+        run.wait_for("all compartments ready")
+        k = 0
+        for _ in callers:
+            k = run.lines.index(run.wait_for(" sent", start=k, timeout=60), k) + 1
+        _neighbours_unharmed(run, str(tmp_path / "ext.sock"))
+        time.sleep(1)
+        assert not any("busy" in line and "cut off" in line for line in run.lines), \
+            [line for line in run.lines if "cut off" in line]
+    finally:
+        run.stop()

@@ -149,3 +149,33 @@ def test_writes_past_a_soft_bound_measure_every_peer_only_when_the_pool_may_be_f
     # what was shed counts no more; what the others hold is the bound again
     assert q.upper == 700
     assert not q.room(other, 700 + 10 + 400, 400)      # alone past the pool: refused
+
+
+def test_calls_callers_sent_a_busy_engine_are_not_its_share_of_the_engines_pool():
+    """What waits for an engine past its soft bound because its callers called it (up
+    to router.calls_past_soft, where the router admits calls) is theirs, not the
+    engine's share of the pool: counted as its own, a few callers filling that room
+    in eight compartments busy in a long call had an honest one cut off (r261,
+    test_honest_compartments_busy_in_a_call_are_not_cut_off_for_what_callers_queued).
+    Past that room, and what it did not get from callers (answers to its own calls
+    it left unread: the r258 flood), is the pool's as before."""
+    calls = {0: 40, 1: 40, 2: 0, 3: 500}                # bytes of calls forwarded to each
+    q = _QueuePool(100, "compartment", "compartments", excused=calls.get)
+    busy1, busy2, flooder, huge = (_FakeLink(50), _FakeLink(50), _FakeLink(0),
+                                   _FakeLink(0))
+    for pid, link in enumerate((busy1, busy2, flooder, huge)):
+        link.calls_room = 45
+        q.links[link] = pid
+    # the busy ones hold 40 beyond their soft bound, all calls to them: nothing pooled
+    assert q.room(flooder, 110) and not q.owed          # the flooder's 100 fit
+    flooder.queued = 110
+    assert q.room(busy1, 50) and not q.owed and busy1.shed is None   # 40, all calls
+    # past what its callers sent it, it holds some of its own: then the pool's
+    assert q.room(busy1, 60) and [pid for pid, _ in q.owed] == [2]   # 10: the flooder goes
+    q.owed.clear()
+    flooder.shed = None
+    # its own unread past the pool: the flooder is refused, not a busy one shed for it
+    assert not q.room(flooder, 130) and not q.owed and flooder.shed
+    assert busy1.shed is None and busy2.shed is None
+    # calls to it count at most calls_room: past it, the rest is its own
+    assert not q.room(huge, 10 + 45 + 101) and huge.shed
