@@ -2980,8 +2980,10 @@ class Supervisor:
             link = _Link(stream, limits)
         self.links[pid] = link
         if self._external_queues is None:
-            self._external_queues = _QueuePool(R.external_queue_pool(limits))
+            self._external_queues = _QueuePool(R.external_queue_pool(limits),
+                                               excused=self._forwarded_bytes)
         link.shared = self._external_queues
+        link.calls_room = R.calls_past_soft(limits)     # (calls back to its objects)
         self._external_queues.links[link] = pid
         linger = None
         try:
@@ -3257,8 +3259,9 @@ class Supervisor:
             f"{hostcaps.IO_DEADLINE:g} s" if unclosed else "")}
 
     def _forwarded_bytes(self, pid: int) -> int:
-        """(the engines' _QueuePool: calls to peer `pid` are its callers', router.
-        calls_past_soft; read from the lane's worker too, in its turn)"""
+        """(the pools of what waits for engines and clients: calls to peer `pid` are
+        its callers', router.calls_past_soft; read from the lane's worker too, in
+        its turn)"""
         return self.router.forwarded_bytes(pid)
 
     def _forget_left(self):
