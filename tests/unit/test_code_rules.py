@@ -19,8 +19,12 @@ def _python_files(packages=PACKAGES):
 
 
 def _select_calls(source: str) -> list[int]:
-    """Lines that call select(2) through Python's `select` module."""
+    """Lines that call select(2) through Python's `select` module.  A source without
+    the word is not parsed: both shapes below name it (the rule read ~110,000 lines
+    of syntax trees, 6.5 s of the suite, for the 24 files that do)."""
     lines = []
+    if "select" not in source:
+        return lines
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module == "select" and \
                 any(alias.name == "select" for alias in node.names):
