@@ -50,20 +50,9 @@ def test_the_tiny_segment_seeds_are_spread_over_segments_with_far_pointers():
     assert sum(len(seed.segs) == wire.MAX_SEGMENTS for seed in F._setup()["all"]) >= 3
 
 
-def _first_failure(monkeypatch, found, count=400):
-    """The failures of seed 5's first `count` inputs, run 25 at a time, in order, up
-    to the first run after which `found(kind)` holds of one: the same inputs as
-    F.run(count, seed=5), stopped once what the test asserts was found (an assertion
-    that one of the first `count` finds it holds or fails as it did; the rest was
-    CPU time, ~1 s a test)."""
-    F._setup()
-    failures: dict = {}
-    for start in range(0, count, 25):
-        for k, v in F.run_range(5, start, min(start + 25, count))[1].items():
-            failures.setdefault(k, []).extend(v)
-        assert not any(k.startswith("harness") for k in failures), failures
-        if any(found(k) for k in failures):
-            break
+def _first_failure(monkeypatch, count=400):
+    _done, failures = F.run(count, seed=5)
+    assert not any(k.startswith("harness") for k in failures), failures
     return failures
 
 
@@ -75,7 +64,7 @@ def test_an_exception_escaping_receive_is_caught(monkeypatch):
             raise KeyError("escaped")
         return real(self, data)
     monkeypatch.setattr(P.Connection, "receive", leaky)
-    failures = _first_failure(monkeypatch, lambda k: k.startswith("protocol: KeyError escaped"))
+    failures = _first_failure(monkeypatch)
     assert any(k.startswith("protocol: KeyError escaped") for k in failures)
 
 
@@ -88,7 +77,7 @@ def test_a_fast_decoder_that_reads_a_field_wrong_is_caught(monkeypatch):
             p.method_id ^= 1
         return p
     monkeypatch.setattr(rpcwire, "decode", wrong)
-    failures = _first_failure(monkeypatch, lambda k: "rpcwire.decode and pycapnp disagree" in k)
+    failures = _first_failure(monkeypatch)
     assert any("rpcwire.decode and pycapnp disagree" in k for k in failures)
 
 
@@ -101,7 +90,7 @@ def test_a_copier_that_drops_a_word_is_caught(monkeypatch):
             out[-1] ^= 0x40                      # one bit of the last word
         return bytes(out)
     monkeypatch.setattr(wire, "single_segment_copy", lossy)
-    failures = _first_failure(monkeypatch, lambda k: k.startswith("copier:"))
+    failures = _first_failure(monkeypatch)
     assert any(k.startswith("copier:") for k in failures)
 
 
@@ -109,7 +98,7 @@ def test_content_that_cannot_be_forwarded_is_caught(monkeypatch):
     def refuse(segs, loc):
         raise wire.WireError("cannot re-root")
     monkeypatch.setattr(wire, "with_root_at", refuse)
-    failures = _first_failure(monkeypatch, lambda k: k.startswith("forward:"))
+    failures = _first_failure(monkeypatch)
     assert any(k.startswith("forward:") for k in failures)
 
 
@@ -123,8 +112,7 @@ def test_an_echo_larger_than_its_message_is_caught(monkeypatch):
             msg.unimplemented = original
         return wire.frame(msg.to_segments())
     monkeypatch.setattr(P, "_unimplemented_reply", as_it_reads)
-    failures = _first_failure(
-        monkeypatch, lambda k: "the unimplemented echo (N bytes) is larger" in k, 1200)
+    failures = _first_failure(monkeypatch, 1200)
     assert any("the unimplemented echo (N bytes) is larger" in k for k in failures)
 
 def _later_ids_unchecked(real):
@@ -181,7 +169,7 @@ def test_a_plain_reading_that_differs_from_receive_is_caught(monkeypatch, broken
     if getattr(wire._native, "plain_calls", None) is None:
         pytest.skip("the native reading of plain calls is not built")
     monkeypatch.setattr(P.Connection, "plain_calls", broken(P.Connection.plain_calls))
-    failures = _first_failure(monkeypatch, lambda k: k.startswith("plain:"))
+    failures = _first_failure(monkeypatch)
     assert any(k.startswith("plain:") for k in failures), failures
 
 
