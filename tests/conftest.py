@@ -28,6 +28,27 @@ def _descriptors_as_the_supervisor_has_them():
 
 _descriptors_as_the_supervisor_has_them()
 
+
+def _stop_signals_reach_the_systems_tests_start():
+    """SIGINT and SIGHUP delivered, not ignored, to the `wsuper up`s the tests start.
+    The suite run as a background job of a script (`pytest ... &` without job
+    control, as a CI step may) starts with SIGINT ignored, under `nohup` with
+    SIGHUP ignored; every child inherits that, and `up` keeps a signal ignored when
+    it began (nohup's SIGHUP, as its user asked): 18 tests that stop a system with
+    SIGINT found it running on and failed (r262).  Caught here instead (a caught
+    signal is back to its default in a child after exec): SIGINT as Python's own
+    handler (KeyboardInterrupt, as in a run from a terminal), SIGHUP by a handler
+    that does nothing (this process still outlives a hang-up).  The tests of a
+    signal ignored at start ignore it in their child themselves (preexec_fn)."""
+    import signal
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: None)
+
+
+_stop_signals_reach_the_systems_tests_start()
+
 # Log files of the systems the tests run go to a temporary state directory.
 _STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
 os.environ.setdefault("XDG_STATE_HOME", _STATE)

@@ -87,3 +87,25 @@ def test_what_an_interpreter_reads_as_it_starts_is_read_by_a_new_one():
     assert cmdserver._serving(ROOT, env) is None
     r = run_wsuper("check", "/nonexistent.toml", env=env)
     assert r.returncode == 2
+
+
+def test_a_suite_started_with_sigint_and_sighup_ignored_starts_systems_that_take_them():
+    """`pytest ... &` from a script (no job control) starts with SIGINT ignored, and
+    under nohup SIGHUP: the systems the tests started inherited it and kept it
+    (as `up` keeps a signal ignored when it began), and 18 tests that stop one
+    with SIGINT failed.  A test process (tests.conftest imported) started so gives
+    its children both at their defaults."""
+    import signal
+    import sys
+
+    def ignored():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    child = ("import signal; print(signal.getsignal(signal.SIGINT) is "
+             "signal.default_int_handler, signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)")
+    code = ("import subprocess, sys; import tests.conftest; print(subprocess.run("
+            f"[sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout, "
+            "end='')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, preexec_fn=ignored, timeout=120)
+    assert r.stdout == "True True\n", (r.stdout, r.stderr[-2000:])
