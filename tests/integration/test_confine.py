@@ -446,6 +446,93 @@ def test_a_spare_loading_its_module_reaches_only_its_own_proc_directory():
     assert (got["fds"], got["statm"], got["maps"]) == ("listed", "read", "read")
 
 
+#: An engine as the zygote makes it (its module compiled into a sealed memfd, loaded by
+#: Module.deserialize_file, confined), taken over: can it make bytes of its own module
+#: code?  The module's code is an executable mapping of the memfd, whose later pages
+#: hold the image of its data segments (wasmtime maps them as the memory's image).
+GROW_CODE = r"""
+import ctypes, fcntl, json, os, socket, sys, wasmtime
+from compartments import wasm, zygote
+from compartments.engine import Engine
+from compartments.spec import EngineSpec
+path = sys.argv[1]
+eng = wasmtime.Engine(wasm.engine_config(probed=False))
+fds = (os.memfd_create("wsuper-module", os.MFD_ALLOW_SEALING),
+       os.memfd_create("wsuper-description", os.MFD_ALLOW_SEALING))
+assert zygote._compile_into(eng, path, fds, 2) == 0
+for fd in fds:
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, zygote._SEALS)
+description = wasm.Description.from_json(os.pread(fds[1], 1 << 20, 0))
+module = wasmtime.Module.deserialize_file(eng, f"/proc/self/fd/{fds[0]}")
+os.close(fds[1])
+a, b = socket.socketpair()
+engine = Engine(a, EngineSpec("x", path, exports=True), module, eng, description)
+os.close(fds[0])
+with open("/proc/self/maps") as f:       # its own layout: an attacker knows it
+    code = [line.split()[0] for line in f if "/memfd:wsuper-module" in line
+            and line.split()[1] == "r-xp"]
+page, marker = 4096, b"WSUPERCODE"
+with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size
+engine.confine((65534, 65534) if os.geteuid() == 0 else None)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+got = {"code": len(code)}
+
+def grow(start, length, flags, name):
+    # page by page, as far as the memfd goes, until the marker shows
+    for more in range(1, 256):
+        new = libc.syscall(25, ctypes.c_long(start), ctypes.c_long(length),
+                           ctypes.c_long(length + more * page), flags, 0)
+        if new < 0:
+            got[name] = os.strerror(ctypes.get_errno())
+            return
+        start, length = new, length + more * page
+        at = ctypes.string_at(start, length).find(marker)
+        if at >= 0:
+            got[name] = "executable"
+            os.write(1, (json.dumps(got) + "\n").encode())
+            ctypes.CFUNCTYPE(None)(start + at + len(marker))()     # exit_group(42)
+    got[name] = "not found"
+
+for where in code:
+    start, end = (int(x, 16) for x in where.split("-"))
+    grow(start, end - start, 1, "moved")                 # MREMAP_MAYMOVE
+    # in place: what followed it (the module's read-only pages) unmapped first
+    libc.munmap(ctypes.c_void_p(end), ctypes.c_size_t(64 * page))
+    grow(start, end - start, 0, "in_place")
+os.write(1, (json.dumps(got) + "\n").encode())
+os._exit(0)
+"""
+
+#: x86_64: mov eax, 231 (exit_group); mov edi, 42; syscall
+EXIT_42 = bytes.fromhex("b8e7000000bf2a0000000f05")
+
+
+@pytest.mark.skipif(not confine.seccomp_supported(), reason="the kernel lacks seccomp")
+def test_an_escaped_engine_cannot_grow_its_code_over_its_modules_data(tmp_path):
+    """An outside review (r263): seccomp refuses PROT_EXEC to mmap and mprotect, so that
+    an engine taken over can make no new code; but `mremap` was allowed, and moving or
+    growing a mapping keeps its protection.  The module's code is an executable
+    mapping of its memfd, whose next pages hold the image of its data segments: grown
+    by a few pages, the code mapping showed the plugin author's data as code, and the
+    engine ran it (here exit_group(42))."""
+    data = "".join(f"\\{b:02x}" for b in b"WSUPERCODE" + EXIT_42)
+    with open(f"{EXAMPLES}/calc.wat") as f:
+        wat = f.read().replace('(data (i32.const 12000) "unknown method")',
+                               f'(data (i32.const 12000) "unknown method")\n'
+                               f'(data (i32.const 20480) "{data}")', 1)
+    module = tmp_path / "x.wat"
+    module.write_text(wat)
+    r = subprocess.run([sys.executable, "-I", "-c", GROW_CODE, str(module)], env={},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 42, "the module's data ran as code: " + r.stdout
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["code"] >= 1                   # the module's code is the memfd's: the premise
+    assert got["moved"] == got["in_place"] == "Operation not permitted", got
+
+
 ABORT = r"""
 import os, socket, sys
 from compartments.engine import Engine
