@@ -167,6 +167,17 @@ page = sys_("mmap", None, 4096, 3, 0x22, -1, 0)          # read+write is fine
 attempt("mprotect_exec", lambda: sys_("mprotect", page, 4096, 5))
 attempt("memfd_create", lambda: sys_("memfd_create", b"x", 0))
 attempt("personality", lambda: sys_("personality", 0x0040000))
+# an outside review (r263): namespaces, programs, its own limits and process flags, a
+# signal with a forged sender, a mapping moved or grown (it keeps its protection)
+attempt("setns", lambda: sys_("setns", 0, 0))
+attempt("execveat", lambda: sys_("execveat", 0, b"", ctypes.c_void_p(0), ctypes.c_void_p(0),
+                                 0x1000))                                  # AT_EMPTY_PATH
+attempt("prctl", lambda: sys_("prctl", 4, 1, 0, 0, 0))                      # PR_SET_DUMPABLE
+attempt("raise_rlimit", lambda: sys_("prlimit64", 0, 7, ctypes.create_string_buffer(
+    struct.pack("<QQ", 1 << 20, 1 << 20)), None))                          # RLIMIT_NOFILE
+attempt("rt_sigqueueinfo", lambda: sys_("rt_sigqueueinfo", victim, 15,
+                                        ctypes.create_string_buffer(128)))
+attempt("mremap", lambda: sys_("mremap", page, 4096, 1 << 20, 1, 0))       # MREMAP_MAYMOVE
 os.write(1, (json.dumps(result) + "\n").encode())
 sock.recv(16)                    # the test looks at us from outside meanwhile
 os._exit(0)
@@ -185,7 +196,8 @@ ATTEMPTS = [
     "clock_adjtime", "settimeofday", "keyctl", "userfaultfd", "perf_event_open", "bpf",
     "io_uring", "fork", "clone3", "exec", "setuid", "unshare_user", "tcp_socket",
     "unix_socket", "socketpair", "ioctl_tiocsti", "mmap_exec", "mprotect_exec",
-    "memfd_create", "personality"]
+    "memfd_create", "personality", "setns", "execveat", "prctl", "raise_rlimit",
+    "rt_sigqueueinfo", "mremap"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
