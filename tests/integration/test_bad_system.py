@@ -276,6 +276,42 @@ def test_a_module_that_is_not_wasm_says_what_it_is(tmp_path, name, content, expe
     assert r.returncode == 2 and expected in r.stderr, r.stderr
 
 
+_HEAD = b"\0asm\x01\0\0\0"
+_TYPE = b"\x01\x04\x01\x60\x00\x00"                       # one type: () -> ()
+
+
+#: Binaries an outside review (r263) gave check: malformed, or well-formed but what an
+#: engine cannot be (a component, past wasmtime's limits).  Each is refused with one
+#: line naming the file, what is wrong and at which offset.
+HOSTILE_BINARIES = {
+    "component": (b"\0asm\x0d\0\x01\0" + b"\x01\x08" + _HEAD,
+                  "expected a WebAssembly module but was given a WebAssembly component"),
+    "leb_overlong": (_HEAD + b"\x01\x80\x80\x80\x80\x80\x00",
+                     "integer representation too long (at offset 0xd)"),
+    "leb_out_of_range": (_HEAD + b"\x01\xff\xff\xff\xff\x7f", "integer too large (at offset 0xd)"),
+    "count_past_limit": (_HEAD + b"\x01\x05\xff\xff\xff\xff\x0f",
+                         "types count exceeds limit of 1000000 (at offset 0xa)"),
+    "section_past_end": (_HEAD + b"\x01\xff\xff\xff\x07\x01", "unexpected end-of-file"),
+    "truncated_header": (_HEAD[:6], "unexpected end-of-file (at offset 0x4)"),
+    "section_twice": (_HEAD + _TYPE + _TYPE, "section out of order (at offset 0x10)"),
+    "locals_past_limit": (_HEAD + _TYPE + b"\x03\x02\x01\x00"
+                          + b"\x0a\x0a\x01\x08\x01\xff\xff\xff\xff\x0f\x7f\x0b",
+                          "too many locals"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BINARIES))
+def test_a_hostile_binary_is_refused_by_check_naming_what_and_where(tmp_path, name):
+    content, expected = HOSTILE_BINARIES[name]
+    (tmp_path / "m.wasm").write_bytes(content)
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "m.wasm") in err, err
+    assert expected in err, err
+
+
 @pytest.mark.parametrize("text,line,key", [
     ('compartments.calc.module = "calc.wat"\ncompartments.calc.limits.memory = "64 KB"\n',
      2, "compartments.calc.limits.memory"),
