@@ -9,6 +9,7 @@ import capnp
 import pytest
 
 import capnp_schemas
+from compartments.zygote import readable
 from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import CALC_ID, HERE, SPIN_ID, program
 
@@ -1386,6 +1387,9 @@ external = true
         # supervisor stops reading a client once more than its own waits for it)
         sent = [c.conn.send_call(quick, BIG_ID, 0) for _ in range(22)]
         c.send(b"".join(data for _, data in sent))
+        # its first answer came: all 22 are at quick, ahead of the honest call below
+        # (sent on another connection, it could be read first by a busy supervisor)
+        assert readable(c.sock.fileno(), 30)
         calls.append([q for q, _ in sent])
         clients.append(c)
     # quick answers in order: once this is answered, so are all the calls before it
@@ -1599,9 +1603,14 @@ external = true
 
     def calls(c, quick, n):
         """`n` calls in one write: read together, whatever the machine's load (the
-        supervisor stops reading a client once more than its own waits for it)."""
+        supervisor stops reading a client once more than its own waits for it).
+        Back once the first answer came: all `n` are at quick then, ahead of any
+        call sent after.  Sent on another connection at once, the probe's call
+        could be read first (a busy supervisor had both waiting): the reader then
+        read its answers as they came, and no pool filled (a full run, once)."""
         sent = [c.conn.send_call(quick, BIG_ID, 0) for _ in range(n)]
         c.send(b"".join(data for _, data in sent))
+        assert readable(c.sock.fileno(), 30)
         return [q for q, _ in sent]
 
     hogs = []
