@@ -686,11 +686,11 @@ class Router:
 
     def _revoking_on_way(self, reply):
         """The label of a grant being revoked (`revoking`) that call `reply` crossed."""
-        if not self._revoking:
+        through = self._through.get(reply) if self._revoking else None
+        if not through:
             return None
-        through = self._through.get(reply)
         for label, ms in list(self._revoking.items()):
-            if through and any(x is m for x, _l in through for m in ms if m is not None):
+            if any(x is m for x, _l in through for m in ms if m is not None):
                 return label
         return None
 
@@ -807,7 +807,8 @@ class Router:
 
     def forwarded_bytes(self, pid: int) -> int:
         """Bytes of the calls (params) forwarded to peer `pid` through the router and
-        not answered yet, every caller's (runtime._QueuePool: calls_past_soft)."""
+        not answered yet, every caller's (runtime._QueuePool: calls_past_soft; read
+        from the lane's worker too, in its turn)."""
         return self._pending.forwarded_in.get(pid, 0)
 
     def forwarded_to(self) -> dict:

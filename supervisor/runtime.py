@@ -1017,7 +1017,7 @@ class Supervisor:
         #: own soft bound (router.engine_queue_pool)
         self._engine_queues = _QueuePool(
             R.engine_queue_pool(c.limits for c in self.system.compartments.values()),
-            "compartment", "compartments", excused=self._forwarded_bytes)
+            "compartment", "compartments", excused=self.router.forwarded_bytes)
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     # ------------------------------------------------------------ either thread
@@ -2981,7 +2981,7 @@ class Supervisor:
         self.links[pid] = link
         if self._external_queues is None:
             self._external_queues = _QueuePool(R.external_queue_pool(limits),
-                                               excused=self._forwarded_bytes)
+                                               excused=self.router.forwarded_bytes)
         link.shared = self._external_queues
         link.calls_room = R.calls_past_soft(limits)     # (calls back to its objects)
         self._external_queues.links[link] = pid
@@ -3257,12 +3257,6 @@ class Supervisor:
             f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "") + (
             f"; {unclosed} of the files and directories it closes did not close within "
             f"{hostcaps.IO_DEADLINE:g} s" if unclosed else "")}
-
-    def _forwarded_bytes(self, pid: int) -> int:
-        """(the pools of what waits for engines and clients: calls to peer `pid` are
-        its callers', router.calls_past_soft; read from the lane's worker too, in
-        its turn)"""
-        return self.router.forwarded_bytes(pid)
 
     def _forget_left(self):
         """Of the calls left to a revocation (_left_to_revocation), those it has
