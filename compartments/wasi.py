@@ -712,6 +712,11 @@ class Wasi:
     def sched_yield(self):
         return 0
 
+    def proc_raise(self, _signal):
+        """No signals: ENOTSUP, wasmtime's answer (it was ENOSYS, every function's
+        not written here, and a program asserting wasmtime's errno failed)."""
+        return E.NOTSUP
+
     def poll_oneoff(self, subs_ptr, events_ptr, count, nevents_ptr):
         """Clock subscriptions sleep (an absolute time needs the clock grant, to know
         how long that is); descriptors are always ready.  Subscriptions are looked at
@@ -733,9 +738,12 @@ class Wasi:
                 if flags & ~1:                 # subclockflags has ABSTIME alone (wasmtime:
                     raise _Fail(E.INVAL)       # EINVAL; it was slept as if relative)
                 if flags & 1:                  # absolute: how far is it from now?
-                    if self.clock is None or clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
-                        ready.append((userdata, E.NOTCAPABLE if self.clock is None
-                                      else E.NOTSUP, tag))
+                    if clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
+                        # a CPU-time clock's time cannot be waited for: the whole
+                        # call, as wasmtime fails it (its event said ENOTSUP)
+                        raise _Fail(E.INVAL)
+                    if self.clock is None:
+                        ready.append((userdata, E.NOTCAPABLE, tag))
                         continue
                     try:
                         r, _ = self._call(self.clock, "Clock", "wall" if clock == CLOCK_REALTIME
