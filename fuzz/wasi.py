@@ -72,6 +72,7 @@ IN, IN_SIZE = 4096, 12288          # each call's input (paths, iovecs, subscript
 OUT, OUT_SIZE = 16384, 4096        # where its out-values go, 0xAA before each call
 WINDOW = 1032                      # bytes of OUT each record carries (nread at OUT + 1024)
 REC = 32768                        # the record: magic, call number, errno, window
+KIND_AT = OUT + 512                # a path_open's fd_fdstat_get after it (its filetype)
 MAGIC = b"WSFZrec\0"
 REC_SIZE = len(MAGIC) + 8 + WINDOW
 IOV, NWRITTEN = REC - 16, REC - 8
@@ -145,6 +146,13 @@ class Call:
         self.empty = False      # its iovecs, if any, hold no bytes
         self.changed = False    # a call before it changed the tree (compare sets it)
         self.after_unseen = False   # an open whose number was not seen came before (too)
+        # what each descriptor paths are resolved from (`_dirfds`; fd_ and sock_ calls:
+        # their descriptor) is, as far as compare knows: "dir", "other" (open, not a
+        # directory), "open" (of a kind not seen) or None (not open, or opened with
+        # its number not seen: then after_unseen)
+        self.kinds = ()
+        self.stdio = {}         # where the standard descriptors are now: fd -> "in"/"out"
+        self.poll = []          # poll_oneoff: its subscriptions, as compare knows them
 
     def describe(self) -> str:
         shown = [hex(a) if isinstance(a, int) and a > 4096 else a for a in self.args]
@@ -478,7 +486,8 @@ class Gen:
                  [("nevents", "u32", nev), ("events", "events", (events, nev))],
                  f"subs={subs}")
         c.subs = [(1000 + i, tag) for i, (tag, _) in enumerate(subs)]
-        c.cpu_clock = any(tag == 0 and clock in (2, 3) for tag, clock in subs)
+        c.sub_args = [(tag, x, struct.unpack_from("<H", blob, 48 * i + 40)[0])
+                      for i, (tag, x) in enumerate(subs)]
         return c
 
     def g_proc_raise(self, name):
@@ -549,7 +558,7 @@ def _const(kind, v):
 
 
 def module(calls: list[Call]) -> str:
-    used = sorted({c.name for c in calls} | {"fd_write"})
+    used = sorted({c.name for c in calls} | {"fd_write", "fd_fdstat_get"})
     lines = ["(module"]
     for name in used:
         params, results = WASI_IMPORTS[name]
@@ -571,6 +580,12 @@ def module(calls: list[Call]) -> str:
             lines.append(f"    (memory.init $d{i} (i32.const {IN}) (i32.const 0) "
                          f"(i32.const {len(c.blob)}))")
         lines.append(f"    (i32.store (i32.const {REC + 12}) (call ${c.name} {args}))")
+        if c.name == "path_open" and c.args[8] == OUT + 8:
+            # the kind of what it opened, for the rules that hold only for a
+            # directory, or only for what is not one (`kinds` in compare)
+            lines.append(f"    (if (i32.eqz (i32.load (i32.const {REC + 12}))) (then (drop "
+                         f"(call $fd_fdstat_get (i32.load (i32.const {OUT + 8})) "
+                         f"(i32.const {KIND_AT})))))")
         # the record's iovec and magic again: a call may have written over them (a
         # read of the rest of memory: seed 263 of 300 calls), and its record, and
         # every one after it, went nowhere
@@ -777,9 +792,9 @@ def _path_errnos(c: Call) -> set:
 
 def _faults(c: Call) -> set:
     """The errnos the call's arguments would fail with by themselves: its paths',
-    a descriptor's (not open, not a directory), a time past 2^63, flags that
-    contradict each other."""
-    out = _path_errnos(c) | {E["EBADF"], E["ENOTDIR"]}
+    a descriptor's (not open, not a directory: only where it may be), a time past
+    2^63, flags that contradict each other."""
+    out = _path_errnos(c) | _desc_faults(c)
     if c.name == "path_open" and c.args[4] & W.OFLAGS_DIRECTORY and \
             c.args[4] & (W.OFLAGS_CREAT | W.OFLAGS_TRUNC):
         out.add(E["EINVAL"])
@@ -812,6 +827,42 @@ def _unaligned(c: Call) -> bool:
     return any(c.args[i] % size for i, size in at.get(c.name, ()))
 
 
+def _dirfds(c: Call) -> tuple:
+    """Where the call's descriptors are among its arguments: those its paths are
+    resolved from, or an fd_ or sock_ call's one."""
+    return {"path_link": (0, 4), "path_rename": (0, 3), "path_symlink": (2,),
+            "poll_oneoff": (), "proc_raise": (), "random_get": (), "sched_yield": (),
+            "args_get": (), "args_sizes_get": (), "environ_get": (),
+            "environ_sizes_get": (), "clock_res_get": (), "clock_time_get": ()
+            }.get(c.name, (0,))
+
+
+def _first(c: Call):
+    """What compare knows the call's (first) descriptor is (None: not open)."""
+    return c.kinds[0] if c.kinds else None
+
+
+def _may_be(c: Call, kind: str, k) -> bool:
+    """Whether a descriptor compare knows as k may be a directory (kind "dir"), open
+    and not one ("other"), or not open (None)."""
+    if k is None:
+        return kind is None or c.after_unseen       # (an open whose number was not seen)
+    return k == kind or k == "open" and kind is not None
+
+
+def _desc_faults(c: Call) -> set:
+    """The errnos the call's descriptors would fail with by themselves: EBADF for
+    one that may not be open, ENOTDIR (or wasmtime's EBADF) for one a path is
+    resolved from that may be open and not a directory."""
+    out = set()
+    for k in c.kinds:
+        if _may_be(c, None, k):
+            out.add(E["EBADF"])
+        if c.paths and _may_be(c, "other", k):
+            out |= {E["ENOTDIR"], E["EBADF"]}
+    return out
+
+
 def _slash(c: Call) -> bool:
     return any(p is None or p.endswith((b"/", b"/..")) for p in c.paths)
 
@@ -837,6 +888,36 @@ def _climbs_out(c: Call) -> bool:
     return up > depth
 
 
+SET_TIMES = ("fd_filestat_set_times", "path_filestat_set_times")
+
+
+def _past_2_63(c: Call) -> bool:
+    """Whether a time the call sets (its flag ATIM or MTIM on) is at or past 2^63 ns."""
+    atim, mtim, fst = c.args[1:4] if c.name == "fd_filestat_set_times" else c.args[4:7]
+    return bool(fst & 1 and atim >> 63 or fst & 4 and mtim >> 63)
+
+
+def _cpu_sleep(c: Call) -> bool:
+    """Whether a poll_oneoff subscription sleeps a relative time on a CPU-time clock
+    (an absolute one fails the call, EINVAL, as under wasmtime)."""
+    return any(tag == 0 and x in (2, 3) and not f & 1 for tag, x, f, _k, _s in c.poll)
+
+
+def _poll_ebadf(c: Call) -> bool:
+    """Whether a poll_oneoff subscription is one wasmtime fails the call for with
+    EBADF: on a descriptor that may not be open, or is a directory, reading stdout
+    or stderr, writing stdin."""
+    return _stdio_crossed(c) or any(tag in (1, 2) and (_may_be(c, None, k) or
+                                                      _may_be(c, "dir", k))
+                                    for tag, _x, _f, k, _s in c.poll)
+
+
+def _stdio_crossed(c: Call) -> bool:
+    """Whether a poll_oneoff subscription reads stdout or stderr or writes stdin."""
+    return any(tag == 1 and std == "out" or tag == 2 and std == "in"
+               for tag, _x, _f, _k, std in c.poll)
+
+
 #: (why, rule) of each difference docs/guest-abi.md documents: rule(call, wsuper's
 #: answer, wasmtime's) -> bool.  An answer is an errno or "trap".
 DOCUMENTED = [
@@ -846,23 +927,30 @@ DOCUMENTED = [
      "engine reaches it (wasmtime refuses a length past memory with ENOMEM)",
      lambda c, o, t: c.wild and "trap" in (o, t) or c.wild and t == E["ENOMEM"]),
     ("reading, writing, truncating or advising a directory, EISDIR (wasmtime: EBADF)",
-     lambda c, o, t: c.name in DATA_OPS and o == E["EISDIR"] and t == E["EBADF"]),
+     lambda c, o, t: c.name in DATA_OPS and o == E["EISDIR"] and t == E["EBADF"]
+     and _may_be(c, "dir", _first(c))),
     ("a directory operation on a descriptor that is not one, ENOTDIR (wasmtime: EBADF)",
-     lambda c, o, t: c.name in DIR_OPS and o == E["ENOTDIR"] and t == E["EBADF"]),
+     lambda c, o, t: c.name in DIR_OPS and o == E["ENOTDIR"] and t == E["EBADF"]
+     and any(_may_be(c, "other", k) for k in c.kinds)),
     ("O_SYNC/O_DSYNC/O_RSYNC and the CPU-time clocks work (wasmtime: ENOTSUP, EBADF)",
      lambda c, o, t: (c.name in ("clock_time_get", "clock_res_get") and c.args[0] in (2, 3)
-                      and t == E["EBADF"])
-     or (c.name == "path_open" and c.args[7] & W.FDFLAGS_SYNCS and t == E["ENOTSUP"])),
+                      and o == 0 and t == E["EBADF"])
+     or (c.name == "path_open" and c.args[7] & W.FDFLAGS_SYNCS and t == E["ENOTSUP"]
+         and (o == 0 or o in _faults(c) | RESOLVING))),
     ("poll_oneoff sleeps a relative timeout on a CPU-time clock (wasmtime: EINVAL, and "
      "so before a descriptor not open after it, which wsuper says EBADF); a "
-     "subscription to read stdout or write stdin is ready (wasmtime: EBADF)",
+     "subscription to read stdout or write stdin is ready (wasmtime: EBADF); one on a "
+     "directory, without POLL_FD_READWRITE, reports ENOTCAPABLE in its event (wasmtime "
+     "fails the call: EBADF)",
      lambda c, o, t: c.name == "poll_oneoff" and (
-         o == 0 and t in (E["EINVAL"], E["EBADF"])
-         or o == E["EBADF"] and t == E["EINVAL"] and getattr(c, "cpu_clock", False))),
+         o == 0 and t == E["EINVAL"] and _cpu_sleep(c)
+         or o == 0 and t == E["EBADF"] and _stdio_crossed(c)
+         or o == 0 and t == E["EBADF"] and any(tag in (1, 2) and _may_be(c, "dir", k)
+                                               for tag, _x, _f, k, _s in c.poll)
+         or o == E["EBADF"] and t == E["EINVAL"] and _cpu_sleep(c))),
     ("fsync and fdatasync of a directory work (wasmtime: EBADF)",
-     lambda c, o, t: c.name in ("fd_sync", "fd_datasync") and o == 0 and t == E["EBADF"]),
-    ("proc_raise: ENOSYS",
-     lambda c, o, t: c.name == "proc_raise" and o == E["ENOSYS"] and c.args[0] <= 30),
+     lambda c, o, t: c.name in ("fd_sync", "fd_datasync") and o == 0 and t == E["EBADF"]
+     and (_may_be(c, "dir", _first(c)) or c.args[0] in c.stdio)),
     ("an empty standard descriptor is like /dev/null: seeking, telling, pread and pwrite "
      "in it and setting O_NONBLOCK work (wasmtime: ESPIPE, EBADF); O_APPEND is ENOTSUP, "
      "advising it ESPIPE, "
@@ -879,18 +967,26 @@ DOCUMENTED = [
      "poll_oneoff subscription wsuper cannot read: it reads every one before it looks "
      "at their descriptors; wasmtime answers them in order)",
      lambda c, o, t: 0 not in (o, t) and "trap" not in (o, t) and (
-         len({o, t} & _faults(c)) == 2
-         or bool({o, t} & (_path_errnos(c) | {E["EBADF"]})) and bool({o, t} & RESOLVING)
-         or len(c.paths) == 2 and len({o, t} & (RESOLVING | _faults(c))) == 2)
-     or (c.name == "poll_oneoff" and o == E["EINVAL"] and t == E["EBADF"])),
+         (c.paths or c.name in SET_TIMES) and (
+             len({o, t} & _faults(c)) == 2
+             or bool({o, t} & _faults(c)) and bool({o, t} & RESOLVING)
+             or len(c.paths) == 2 and len({o, t} & (RESOLVING | _faults(c))) == 2)
+         or c.name == "poll_oneoff" and o == E["EINVAL"] and t == E["EBADF"]
+         and _poll_ebadf(c))),
+    ("fd_prestat_dir_name on an open descriptor that is not a preopen is EBADF, as "
+     "fd_prestat_get is (wasmtime: ENOTDIR)",
+     lambda c, o, t: c.name == "fd_prestat_dir_name" and o == E["EBADF"]
+     and t == E["ENOTDIR"]),
     ("fcntl(F_SETFL) on a directory, ENOTCAPABLE (no FD_FDSTAT_SET_FLAGS right; "
      "wasmtime: EBADF)",
      lambda c, o, t: c.name == "fd_fdstat_set_flags" and o == E["ENOTCAPABLE"]
-     and t == E["EBADF"]),
+     and t == E["EBADF"] and _may_be(c, "dir", _first(c))),
     ("fd_fdstat_set_rights drops rights (wasmtime-py: ENOTSUP; EBADF on a standard "
      "descriptor)",
      lambda c, o, t: c.name == "fd_fdstat_set_rights" and (t == E["ENOTSUP"] or
-                                                          c.on_empty and t == E["EBADF"])),
+                                                          c.on_empty and t == E["EBADF"])
+     and (o in (0, E["ENOTCAPABLE"]) or o == E["EBADF"] and _may_be(c, None, _first(c))
+          or o == E["EINVAL"] and (c.args[1] | c.args[2]) & ~W.ALL_RIGHTS)),
     ("changing O_SYNC/O_DSYNC/O_RSYNC on an open descriptor: ENOTSUP",
      lambda c, o, t: c.name == "fd_fdstat_set_flags" and c.args[1] & W.FDFLAGS_SYNCS
      and o == E["ENOTSUP"]),
@@ -899,8 +995,7 @@ DOCUMENTED = [
      and any(p is None or len(p) > W.MAX_PATH for p in c.paths)),
     ("a time at or past 2^63 nanoseconds given to futimens/utimensat is EOVERFLOW "
      "(wasmtime sets what the file system can hold)",
-     lambda c, o, t: o == E["EOVERFLOW"] and c.name in ("fd_filestat_set_times",
-                                                         "path_filestat_set_times")),
+     lambda c, o, t: o == E["EOVERFLOW"] and c.name in SET_TIMES and _past_2_63(c)),
     ("O_DIRECTORY without SYMLINK_FOLLOW on a link, ENOTDIR (wasmtime: ELOOP)",
      lambda c, o, t: c.name == "path_open" and c.args[4] & W.OFLAGS_DIRECTORY
      and not c.args[1] & 1 and o == E["ENOTDIR"] and t == E["ELOOP"]),
@@ -926,9 +1021,9 @@ DOCUMENTED = [
      "truncates one opened with neither right)",
      lambda c, o, t: c.name == "fd_filestat_set_size" and o == E["EBADF"] and t in (
          0, E["EINVAL"]) and (c.rights is None or not c.rights & W.RIGHT_FD_WRITE)),
-    ("advice on a range past 2^63-1, EINVAL (wasmtime: advice works)",
+    ("advice at an offset or of a length past 2^63-1, EINVAL (wasmtime: advice works)",
      lambda c, o, t: c.name == "fd_advise" and o == E["EINVAL"]
-     and c.args[1] + c.args[2] > (1 << 63) - 1),
+     and (c.args[1] | c.args[2]) >> 63),
     ("setting no time at all (fst_flags 0) on a name that does not exist, ENOENT "
      "(wasmtime, without SYMLINK_FOLLOW: success, nothing looked up)",
      lambda c, o, t: c.name == "path_filestat_set_times" and c.args[6] == 0
@@ -1065,6 +1160,8 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
     if not o_trap and not finished:
         findings.append(f"seed {seed}: the program neither finished nor trapped: {o_lines}")
     empty = {0, 2}                 # the standard descriptors no grant fills, where now
+    stdio = {0: "in", 1: "out", 2: "out"}   # the standard descriptors, where now
+    kinds = {0: "other", 1: "other", 2: "other", 3: "dir"}   # what each open one is
     climbing = {b"back", b"up"}    # make_tree's links whose target has '..', and those made
     opened = {}                    # descriptor: the rights path_open gave it
     appending = set()              # descriptors opened or set O_APPEND
@@ -1082,6 +1179,13 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
         c.changed = changed
         c.after_unseen = bool(unseen)
         c.rights = opened.get(c.args[0]) if c.args else None
+        c.kinds = tuple(kinds.get(c.args[j] & 0xFFFFFFFF) for j in _dirfds(c))
+        c.stdio = dict(stdio)
+        if c.name == "poll_oneoff":
+            # each subscription: (tag, its clock or descriptor, its flags, what that
+            # descriptor is, which standard one it is)
+            c.poll = [(tag, x, flags, kinds.get(x), stdio.get(x))
+                      for tag, x, flags in getattr(c, "sub_args", ())]
         if c.rights is None and unseen and c.args and (c.args[0] not in range(4)
                                                        or c.args[0] in freed):
             c.rights = unseen[-1]
@@ -1119,6 +1223,10 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
             fd = _decode(c, o_recs[i][2]).get("fd")
             if fd is not None:
                 opened[fd] = c.args[5] & W.ALL_RIGHTS
+                ftype = t_recs[i][2][KIND_AT - OUT] if c.args[8] == OUT + 8 else None
+                kinds[fd] = "open" if ftype in (None, 0xAA) else \
+                    "dir" if ftype == W.FILETYPE_DIR else "other"
+                stdio.pop(fd, None)
                 appending.discard(fd)
                 if c.args[7] & W.FDFLAGS_APPEND:
                     appending.add(fd)
@@ -1127,6 +1235,8 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
         if o == 0 and c.name == "fd_fdstat_set_flags":
             (appending.add if c.args[1] & W.FDFLAGS_APPEND else appending.discard)(c.args[0])
         if o == 0 and c.name == "fd_close":
+            kinds.pop(c.args[0], None)
+            stdio.pop(c.args[0], None)
             freed.add(c.args[0])
             empty.discard(c.args[0])
             opened.pop(c.args[0], None)
@@ -1134,6 +1244,10 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
         if o == 0 and c.name == "fd_renumber":
             a, b = (x & 0xFFFFFFFF for x in c.args)
             if a != b:
+                for moved in (kinds, stdio):
+                    moved.pop(b, None)
+                    if a in moved:
+                        moved[b] = moved.pop(a)
                 freed.add(a)
                 empty.discard(b)
                 opened.pop(b, None)
