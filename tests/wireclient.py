@@ -17,6 +17,10 @@ class WireClient:
     def __init__(self, path: str, timeout: float = 10):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        #: how long `wait` (and so `returned`) waits by default: the timeout the test
+        #: chose for this client (a fixed 10 s failed a test that gave its client 60
+        #: for 7 MiB calls nested in a cycle, on a loaded machine)
+        self.timeout = timeout
         self.sock.connect(path)
         self.conn = P.Connection("test client")
         self.events: list = []
@@ -42,9 +46,10 @@ class WireClient:
         self.events += self.conn.receive(data)
         return True
 
-    def wait(self, match, timeout: float = 10):
-        """The first event for which `match(event)` is true (removed from the queue)."""
-        deadline = time.monotonic() + timeout
+    def wait(self, match, timeout: float | None = None):
+        """The first event for which `match(event)` is true (removed from the queue),
+        within `timeout` (the client's own by default)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             for ev in self.events:
                 if match(ev):
