@@ -418,8 +418,15 @@ def _unmet(setting: Setting | None, layout: Layout, memory_limit: int,
     (None: it declares none, or nothing was asked): `wsuper check` says it, where it
     said "the module declares no layout" of a wsuper build plugin whose memory
     limit was above 64 MiB."""
-    if setting is None or setting.required or layout.declared is None:
+    if setting is None or setting.required:
         return None
+    if layout.declared is None:
+        # a declaration that cannot be read (malformed, or more than one) is not "no
+        # layout": `check` said "the module declares no layout" of a module whose
+        # wsuper.protect section was malformed, and nothing said why the layout it
+        # was built with was not enforced (an outside review, r266)
+        return (f"its declared layout cannot be used: {layout.declared_problem}"
+                if layout.declared_problem else None)
     try:
         if _resolve(setting, layout, memory_limit, page) is None:
             return (f"its declared layout cannot be enforced: it holds no whole "

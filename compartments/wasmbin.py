@@ -261,6 +261,7 @@ def facts(data: bytes) -> Facts:
     segments, unknown = [], 0
     data_names: dict[int, bytes] = {}
     declared = declared_problem = None
+    declarations = 0            # wsuper.protect sections seen
     seg_index = {}
     bulk = False
     globals_: list = []         # the value of each i32 global known before instantiation
@@ -302,6 +303,17 @@ def facts(data: bytes) -> Facts:
             except BinaryError:
                 data_names = {}         # a broken name section names nothing
         elif s.id == _CUSTOM and s.name == CUSTOM_SECTION:
+            declarations += 1
+            if declarations > 1:
+                # the last one was taken, silently: a module with two that say different
+                # things was protected as the second says, while a reader of the first
+                # (wasm-objdump lists both) saw another layout; a malformed first and a
+                # good second was protected, a good first and a malformed second was
+                # "the module declares no layout" (an outside review, r266)
+                declared = None
+                declared_problem = f"it has {declarations} {CUSTOM_SECTION} sections (a " \
+                                   f"module declares its layout once)"
+                continue
             try:
                 declared = declaration(data[s.start:s.end])
             except BinaryError as e:

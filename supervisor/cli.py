@@ -580,7 +580,11 @@ def _check(plan, args) -> int:
         except KeyError as e:
             _error(f"--reach {target[:200]}: {str(e.args[0])[:500]}")
             return 2
-    print(authority.holdings(plan, _protection(plan)))
+    protection, unusable = _protection(plan)
+    print(authority.holdings(plan, protection))
+    for name, why in unusable:
+        print(printable(f"wsuper: warning: compartment {name}: {quoted(plan.system.compartments[name].module)}: "
+                        f"memory not protected: {why}"), file=sys.stderr)
     _warn_hard_links(plan)
     for unused in plan.system.unused(plan.programs):
         print(printable(f"wsuper: warning: {unused}"), file=sys.stderr)
@@ -603,13 +607,16 @@ def _check(plan, args) -> int:
     return 0
 
 
-def _protection(plan) -> dict[str, str]:
+def _protection(plan) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """How each compartment's memory will be protected (docs/memory-protection.md),
-    as its engine will resolve it; preflight has already refused what cannot be met."""
+    as its engine will resolve it (preflight has already refused what cannot be
+    met); and (compartment, why) of each whose module declares a layout that
+    cannot be read (a malformed wsuper.protect section, or two), which runs
+    unprotected by default: warned of, as the module was meant to be protected."""
     import wasmtime
 
     from compartments import protect
-    out, layouts = {}, {}
+    out, layouts, unusable = {}, {}, []
     for comp in plan.system.compartments.values():
         if comp.protect is None:
             out[comp.name] = "memory not protected (protect = false)"
@@ -626,13 +633,15 @@ def _protection(plan) -> dict[str, str]:
             why = layout.problem or (layout.error[1] if layout.error else
                                      "the module declares no layout")
             out[comp.name] = f"memory not protected ({why})"
+            if layout.declared_problem and layout.declared is None and layout.error is None:
+                unusable.append((comp.name, layout.declared_problem))
             continue
         r = protect.regions_of(layout)
         parts = [f"no-access [0x0, {r.no_access_end:#x})"] if r.no_access_end else []
         if r.read_only_end > r.read_only_start:
             parts.append(f"read-only [{r.read_only_start:#x}, {r.read_only_end:#x})")
         out[comp.name] = "memory protected: " + ", ".join(parts)
-    return out
+    return out, unusable
 
 
 def _warn_hard_links(plan):

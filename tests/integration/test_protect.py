@@ -212,6 +212,44 @@ def test_check_says_how_each_memory_is_protected_as_up_enforces_it(tmp_path, plu
     assert heads["plain"].endswith("; memory not protected (the module declares no layout)")
 
 
+def test_check_names_a_declared_layout_it_cannot_use_and_warns(tmp_path):
+    """An outside review (r266): a module that declares its layout in a malformed
+    wsuper.protect section, or in two, runs unprotected when the system file asks
+    nothing, and `check` said "the module declares no layout" (of two, it took the
+    last: protected as one says, unprotected as the other); now its line says why,
+    and a warning names the compartment and the module."""
+    import wasmtime
+
+    from compartments import wasmbin
+    data = wasmtime.wat2wasm('(module (memory (export "memory") 2) '
+                             '(data (i32.const 4096) "constant") (func (export "_start")))')
+    good = wasmbin.custom_section(4096, 4096, 8192)
+    modules = {"good": data + good,
+               "twice": data + wasmbin.custom_section(0, 0, 0) + good,
+               "broken": data + good.replace(b"wsuper.protect\x01", b"wsuper.protect\x07")}
+    system = ""
+    for name, module in modules.items():
+        (tmp_path / f"{name}.wasm").write_bytes(module)
+        system += f'[compartments.{name}]\nmodule = "{name}.wasm"\n'
+    (tmp_path / "system.toml").write_text(system)
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    heads = {l.split(":")[0]: l for l in r.stdout.splitlines() if not l.startswith(" ")}
+    assert heads["good"].endswith("; memory protected: no-access [0x0, 0x1000), "
+                                  "read-only [0x1000, 0x2000)"), heads
+    twice = "it has 2 wsuper.protect sections (a module declares its layout once)"
+    broken = "its wsuper.protect section is malformed: version 7 (this wsuper reads version 1)"
+    assert heads["twice"].endswith(f"; memory not protected (its declared layout cannot be "
+                                   f"used: {twice})"), heads
+    assert heads["broken"].endswith(f"; memory not protected (its declared layout cannot be "
+                                    f"used: {broken})"), heads
+    warnings = [l for l in r.stderr.splitlines() if "warning" in l]
+    assert warnings == [
+        f"wsuper: warning: compartment twice: {tmp_path}/twice.wasm: memory not protected: {twice}",
+        f"wsuper: warning: compartment broken: {tmp_path}/broken.wasm: memory not protected: "
+        f"{broken}"], r.stderr
+
+
 _DATA_AT_A_GLOBAL = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
   (global $g i32 (i32.const 16))

@@ -102,6 +102,26 @@ def test_the_default_quietly_protects_nothing_the_module_does_not_declare():
     assert protect.resolve(None, BUILT, LIMIT) is None
 
 
+def test_the_default_names_a_declaration_it_cannot_read_not_no_layout():
+    """An outside review (r266): a module whose wsuper.protect section was malformed
+    (or doubled) ran unprotected by default, `check` saying "the module declares no
+    layout"; now the reason is the declaration's problem."""
+    data = wasmtime.wat2wasm('(module (memory (export "memory") 2) '
+                             '(data (i32.const 4096) "x"))')
+    twice = data + wasmbin.custom_section(4096, 4096, 8192) + \
+        wasmbin.custom_section(0, 4096, 8192)
+    section = wasmbin.custom_section(4096, 4096, 8192)
+    version_2 = data + section.replace(b"wsuper.protect\x01", b"wsuper.protect\x02")
+    for module, why in ((twice, "it has 2 wsuper.protect sections (a module declares its "
+                                "layout once)"),
+                        (version_2, "its wsuper.protect section is malformed: version 2")):
+        layout, _ = protect.plan(module, protect.DEFAULT, LIMIT)
+        assert layout.regions is None and layout.problem.startswith(
+            f"its declared layout cannot be used: {why}"), layout.problem
+    plain, _ = protect.plan(data, protect.DEFAULT, LIMIT)
+    assert plain.regions is None and plain.problem is None      # it declares none
+
+
 def test_sizes_round_up_and_the_modules_extents_round_inward():
     # no_access: at least what was asked, in whole pages
     assert protect.resolve(Setting(1, NONE), BUILT, LIMIT, PAGE) == Regions(4096, 4096, 4096)

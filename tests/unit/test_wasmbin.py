@@ -348,6 +348,24 @@ def test_a_malformed_declaration_is_reported_not_trusted(payload, why):
     assert f.declared is None and why in f.declared_problem
 
 
+@pytest.mark.parametrize("first, second", [
+    (b"\x01\x00\x00\x00", b"\x01\x80\x20\x80\x20\x80\x40"),    # two that differ
+    (b"\x09", b"\x01\x80\x20\x80\x20\x80\x40"),                    # malformed, then good
+    (b"\x01\x80\x20\x80\x20\x80\x40", b"\x09"),                    # good, then malformed
+    (b"\x01\x80\x20\x80\x20\x80\x40",) * 2,                         # the same twice
+])
+def test_a_module_with_two_declarations_declares_none_and_says_so(first, second):
+    """An outside review (r266): the last wsuper.protect section was taken, without a
+    word: two that said different things were protected as the second says (a
+    reader of the first sees another layout), a malformed one before a good one
+    was protected, a good one before a malformed one was not."""
+    data = _wasm('(module (memory (export "memory") 1))') + \
+        _custom(b"wsuper.protect", first) + _custom(b"wsuper.protect", second)
+    wasmtime.Module.validate(wasmtime.Engine(), data)
+    f = wasmbin.facts(data)
+    assert f.declared is None and "2 wsuper.protect sections" in f.declared_problem
+
+
 def test_a_malformed_name_section_names_nothing():
     data = _wasm('(module (memory (export "memory") 1) (data (i32.const 0) "x"))')
     for junk in (b"\x09\x05\x01", b"\x09\x01\xff", b"\x01\xff\xff\xff\x0f"):
