@@ -3126,6 +3126,17 @@ class Supervisor:
                     break
                 data += chunk
         conn.reading = False
+        if conn.scope.cancelled_caught and not conn.evicted and b"\n" not in data:
+            # part of a request, then silence: the part was taken as the request, and
+            # answered "expected one JSON object on one line (not JSON: Expecting ','
+            # delimiter ...)", or, whole but for its newline, carried out 5 s later
+            # (a stop, a revocation); it is refused naming why (an outside review, r266)
+            self._admin_line_now(stream, {
+                "ok": False, "system": self.identity,
+                "error": f"the request did not end within {endpoint.ADMIN_READ_TIMEOUT:g} s "
+                         f"({len(data)} bytes came, and no newline): a request is one JSON "
+                         f"object on one line; nothing was done"})
+            return
         if conn.evicted:           # a line, if the socket takes it at once
             self._admin_line_now(stream, {
                 **self._admin_busy(), "error": f"closed before the whole request came: "

@@ -558,6 +558,40 @@ def test_an_admin_request_that_cannot_be_taken_is_told_why(running):
     assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
 
 
+def test_part_of_an_admin_request_then_silence_is_refused_naming_why_and_nothing_done(
+        running):
+    """An outside review of the admin socket as a hostile or broken local client
+    (r266): part of a request and then silence was taken, once the 5 s for the
+    request had passed, as the whole request: answered "expected one JSON object
+    on one line (not JSON: Expecting ',' delimiter ...)", which did not say what
+    was wrong, or, whole but for its newline, carried out (a stop stopped the
+    system).  Each is refused naming the 5 s and the missing newline; the system
+    runs on and answers the next client."""
+    import socket
+    from supervisor import endpoint
+    run, path, _ = running
+    ident = endpoint.identity(path)
+    stop = json.dumps({"op": "stop", "system": ident}).encode()
+    parts = {"part": b'{"op": "status", "sys', "no newline": stop}
+    socks = {}
+    for name, part in parts.items():
+        s = socks[name] = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(endpoint.admin_socket_path(path))
+        s.sendall(part)                 # and then nothing, the connection left open
+    for name, s in socks.items():
+        with s:
+            answer = json.loads(s.makefile("rb").readline())
+        assert answer == {"ok": False, "system": ident, "error": (
+            f"the request did not end within {endpoint.ADMIN_READ_TIMEOUT:g} s "
+            f"({len(parts[name])} bytes came, and no newline): a request is one JSON object "
+            f"on one line; nothing was done")}, (name, answer)
+    r = run_wsuper("status", path)
+    assert r.returncode == 0 and "stopping" not in r.stdout, r.stdout + r.stderr
+    assert run.proc.poll() is None
+    assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
+
+
 @pytest.mark.parametrize("args, code, said", [
     ((), 0, "[app] H\\xe9 \\u65e5\\u672c"),                     # a plugin's text, on stdout
     (("\u00e9t\u00e9",), 2, "has no compartment '\\xe9t\\xe9'"),   # an error, on stderr
