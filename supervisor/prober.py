@@ -509,8 +509,7 @@ class Prober:
         sub = self.registry.subscribe(P.Subscriber(chosen, label="trace"))
         # a name of its own: two sessions once named by id(sub) & 0xffff could share one,
         # and the second's probes were refused while the first's came off under it
-        self._trace_ids += 1
-        label = f"trace-{self._trace_ids}"
+        label = self._trace_label(chosen)
         mine = {}               # spec -> its Probe, from when it entered the registry
         dropped = 0             # events its queue dropped, over every turn
         on_engine = {}          # spec -> the engine it was added on (a restart drops it)
@@ -571,6 +570,24 @@ class Prober:
         for i in range(0, len(events), TRACE_CHUNK):
             await send({"events": events[i:i + TRACE_CHUNK]})
         await send({"done": True, "dropped": dropped})
+
+    def _trace_label(self, chosen: list) -> str:
+        """A name for a new trace session's probes ("trace-N", and "trace-N-f" for
+        its functions probes) that no probe of the `chosen` compartments has, nor
+        one the system file declares there (added again at each restart).  Probe
+        names are the operator's too: with a probe of theirs (or a declared one)
+        named as the next session's, that session added none on its compartment
+        (a note "calc has a probe named trace-3 already (remove it first)"), and
+        its trace held none of the compartment's calls (an outside review, r266)."""
+        def taken(name: str) -> bool:
+            return any(name in self.registry.probes.get(c, {})
+                       or any(s.name == name for s in self.sup.system.compartments[c].probes)
+                       for c in chosen)
+        while True:
+            self._trace_ids += 1
+            label = f"trace-{self._trace_ids}"
+            if not taken(label) and not taken(label + "-f"):
+                return label
 
     async def _trace_again(self, s: P.ProbeSpec, mine: dict, on_engine: dict, send):
         """A trace's probe `s` that a restart of its compartment dropped is added

@@ -390,6 +390,37 @@ def test_a_trace_the_system_cuts_short_says_so_and_keeps_what_came(tmp_path, wsu
     assert json.loads(out.read_text())["traceEvents"] is not None
 
 
+def test_a_trace_takes_a_name_no_probe_of_its_compartments_has(tmp_path, wsuper):
+    """An outside review (r266): a trace session named its probes "trace-N" whatever
+    probes the compartment had; with one of the operator's (or the system file's)
+    named so, the session added none there ("calc has a probe named trace-1
+    already (remove it first)") and its trace held none of calc's calls, exit 0."""
+    import subprocess
+    import sys
+    system = tmp_path / "named.toml"
+    system.write_text(CALC.replace("[system]\n", f'[system]\nsocket = "{tmp_path}/n.sock"\n')
+                      + "external = true\n[compartments.calc.probes.trace-4]\npoint = \"calls\"\n")
+    run = wsuper("up", str(system))
+    run.wait_for("probe added: calc.trace-4")
+    for name in ("trace-1", "trace-2", "trace-3-f", "trace-5-f"):
+        r = _probe(system, "calc", "add", name, "--point", "calls")
+        assert r.returncode == 0, r.stderr
+    out = tmp_path / "t.json"
+    trace = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                              "--seconds", "3", "-o", str(out)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    added = run.wait_for("by wsuper trace")
+    assert added.endswith("probe added: calc.trace-6 (calls, events) by wsuper trace"), added
+    assert run_wsuper("call", str(system), "calc.add", "(a = 1, b = 2)").returncode == 0
+    stdout, stderr = trace.communicate(timeout=60)
+    assert trace.returncode == 0 and "already" not in stderr, (stdout, stderr)
+    calls = [e for e in json.loads(out.read_text())["traceEvents"]
+             if e.get("cat") == "call" and e.get("ph") == "X"]
+    assert {(e["name"], e["args"]["callee"]) for e in calls} == {("Calc.add", "calc")}, calls
+    names = {p["name"] for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
+    assert names == {"trace-1", "trace-2", "trace-3-f", "trace-4", "trace-5-f"}
+
+
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
     here = plugins / "examples" / "probes"
     shutil.rmtree(here / "data", ignore_errors=True)
