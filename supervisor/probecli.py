@@ -286,6 +286,29 @@ def _is_stdout(f) -> bool:
         return False
 
 
+def _write_all(f, chunks, piece: int = 1 << 20):
+    """`chunks` (text) written to the open file `f` through its descriptor, in pieces
+    of about `piece` bytes; raises OSError as a write fails.  Nothing stays behind in
+    `f`'s own buffers, which its close would try to write again after a failure
+    (where the file was emptied meanwhile: after a hole)."""
+    f.flush()
+    fd = f.fileno()
+    pending, size = [], 0
+
+    def put(data: bytes):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= piece:
+            put("".join(pending).encode())
+            pending, size = [], 0
+    if pending:
+        put("".join(pending).encode())
+
+
 def _trace(args, body: dict, f) -> int:
     events, dropped, meta, done, interrupted = [], 0, {}, False, None
     kept_out = 0                  # events past MAX_TRACE_EVENTS: counted as dropped
@@ -326,26 +349,38 @@ def _trace(args, body: dict, f) -> int:
         print(f"wsuper: note: a trace keeps at most {MAX_TRACE_EVENTS:,} events: {kept_out:,} "
               f"more were dropped (trace fewer compartments, or for fewer seconds)",
               file=sys.stderr)
+    regular = False
     try:
         with _signals_held():
             # Ctrl-C (SIGTERM, SIGHUP) here, once the file was emptied, left it cut
             # short: no JSON, and the file it replaced (a trace of an earlier run) gone
             # with what came.  It is taken once the file is whole.
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+            if regular:
                 f.seek(0)
                 f.truncate()
             # else a pipe, a FIFO, a terminal (-o /dev/stdout | jq): written as it
             # is.  Its seek failed ("underlying stream is not seekable", exit 1),
             # and every event of the session was lost
             if args.format == "jsonl":
-                f.write(trace.jsonl(events))
+                _write_all(f, [trace.jsonl(events)])
             else:
-                json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
-            f.flush()
+                _write_all(f, json.JSONEncoder().iterencode(
+                    trace.chrome(events, {**meta, "dropped": dropped})))
     except KeyboardInterrupt as e:
         interrupted = interrupted or _signal_of(e)
     except OSError as e:       # a full disk: said naming the file, not "[Errno 28] ..."
         _error(f"-o {args.output}: cannot write the trace: {e.strerror or e}")
+        if regular:
+            # what was written of it is no trace (JSON cut short): a full disk left
+            # the file holding the part that fitted, as if it were the trace (an
+            # outside review, r266); emptied, a file made for it is removed
+            # (trace_command), one that was there is left empty
+            try:
+                os.ftruncate(f.fileno(), 0)
+                os.lseek(f.fileno(), 0, os.SEEK_SET)
+            except OSError:
+                pass
         return 1
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     # on stderr when the trace itself goes to stdout (-o /dev/stdout): said on stdout,

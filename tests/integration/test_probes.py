@@ -421,6 +421,51 @@ def test_a_trace_takes_a_name_no_probe_of_its_compartments_has(tmp_path, wsuper)
     assert names == {"trace-1", "trace-2", "trace-3-f", "trace-4", "trace-5-f"}
 
 
+def test_a_trace_file_a_write_fails_into_is_left_with_no_part_of_the_trace(tmp_path, wsuper):
+    """An outside review (r266): a trace whose file could not be written whole (a full
+    disk; here the file-size limit, RLIMIT_FSIZE, which fails a write the same way)
+    was said ("cannot write the trace: ...", exit 1) but the file kept the part that
+    fitted: JSON cut short, where a trace is looked for.  A file the trace made is
+    removed; one that was there is left empty (its old trace was replaced)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    import capnp_schemas
+    system = tmp_path / "full.toml"
+    system.write_text(CALC.replace("[system]\n", f'[system]\nsocket = "{tmp_path}/f.sock"\n')
+                      + "external = true\n")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    schema = capnp_schemas.load(f"{EXAMPLES}/calc.capnp")
+
+    async def calls(gateway):
+        calc = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        for i in range(40):
+            await calc.add(a=i, b=1)
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past it fails, EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    (tmp_path / "old.json").write_text("an older trace\n")
+    for name in ("new.json", "old.json"):
+        out = tmp_path / name
+        at = len(run.lines)
+        trace = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                                  "--seconds", "2", "-o", str(out)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=small_files)
+        run.wait_for("probe added: calc.trace-", start=at)
+        external_client(f"{tmp_path}/f.sock", calls)
+        stdout, stderr = trace.communicate(timeout=60)
+        assert trace.returncode == 1, (stdout, stderr)
+        assert stderr == f"wsuper: error: -o {out}: cannot write the trace: File too large\n"
+        if name == "new.json":
+            assert not out.exists()
+        else:
+            assert out.read_bytes() == b""
+
+
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
     here = plugins / "examples" / "probes"
     shutil.rmtree(here / "data", ignore_errors=True)
