@@ -483,10 +483,16 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
 
     from capnp_schemas.text import quoted
 
-    from . import logs, policy
+    from . import endpoint, logs, policy
     problem = _planted(option, output)
     if problem:
         return problem
+    if endpoint.kept_name(output):
+        # `trace S -o` the running system's lock, or the grants file beside it, wrote
+        # the trace over them ("wrote ..."), as over another system's (r266)
+        return (f"{option} {quoted(output)} has the name of a system's own socket, admin "
+                f"socket or lock, or of the grants file beside its lock, in the runtime "
+                f"directory ({endpoint.KEPT_NAMES}): not writing there; name another file")
     try:
         policy.read_alone(system_path)
     except policy.PolicyError as e:

@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket as pysocket
 import stat
 import struct
@@ -122,6 +123,30 @@ def grants_path(system_path: str) -> str:
 
 #: Bytes at most of the grants file read back (a grant's label is two names)
 GRANTS_LIMIT = 1 << 22
+
+#: The names the supervisor keeps in the runtime directory for a system NAME-HASH: its
+#: external socket, admin socket, lock, the grants file beside the lock (publish), and
+#: that file's temporary name while it is written
+_KEPT_NAME = re.compile(r".+-[0-9a-f]{8}(\.sock|\.admin\.sock|\.lock|\.lock\.grants"
+                        r"|\.lock\.grants\.[0-9]+\.tmp)", re.S)
+KEPT_NAMES = "NAME-HASH.sock, .admin.sock, .lock, .lock.grants"
+
+
+def kept_name(path: str) -> bool:
+    """Whether `path` lies in the runtime directory under a name the supervisor keeps
+    there for a system (this one's or another's: `_KEPT_NAME`), which no file a
+    system file names (its audit, log directory, external socket) nor one an
+    operator's command writes (`trace -o`, `check --graph`) may take.  The grants
+    file was not among them: an audit named so was replaced by `up`'s grants file
+    at each start (os.replace), every record of the runs before lost without a word,
+    and `trace -o` wrote over a running system's lock and grants file (r266)."""
+    if not _KEPT_NAME.fullmatch(os.path.basename(path)):
+        return False
+    try:
+        return os.path.realpath(os.path.dirname(os.path.abspath(path))) == \
+            os.path.realpath(runtime_dir())
+    except (OSError, ValueError):
+        return False
 
 
 def running_grants(system_path: str) -> list | None:

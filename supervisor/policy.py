@@ -795,7 +795,6 @@ def _socket_paths_fit(system: System, where):
         key = "--socket" if system.socket_option else "system.socket"
         paths.append((key, "the external socket", system.socket) if system.socket
                      else ("", "the external socket", endpoint.default_socket_path(system.path)))
-    runtime = os.path.realpath(endpoint.runtime_dir())
     # the audit file too: made there (`audit = "$XDG_RUNTIME_DIR/wsuper/NAME-HASH.admin.sock"`),
     # `up` could not bind its admin socket, and left a regular file there that
     # refused every later `up` of that system; at a lock's name, a system's `up`
@@ -809,14 +808,14 @@ def _socket_paths_fit(system: System, where):
         # there, the other's `up` could not take its lock (a socket where its lock
         # file goes) or bind its admin socket, and a lock file there was refused with
         # "remove it", the lock of a system that ran
-        name = os.path.basename(p)
-        if key and os.path.realpath(os.path.dirname(os.path.abspath(p))) == runtime and \
-                re.fullmatch(r".+-[0-9a-f]{8}(\.sock|\.admin\.sock|\.lock)", name, re.S):
+        # (and the grants file beside its lock: an audit named so was replaced by
+        # that file at each `up`, the records of every run before lost: r266)
+        if key and endpoint.kept_name(p):
             raise where.error(key, f"{what} {quoted(p)} has the name of a system's own "
-                              f"socket, admin socket or lock in the runtime directory "
-                              f"(NAME-HASH.sock, .admin.sock, .lock), which the "
-                              f"supervisor keeps for the system of that name: choose "
-                              f"another name")
+                              f"socket, admin socket or lock, or of the grants file beside "
+                              f"its lock, in the runtime directory ({endpoint.KEPT_NAMES}), "
+                              f"which the supervisor keeps for the system of that name: "
+                              f"choose another name")
     for key, what, p in paths:
         n = len(os.fsencode(p))
         if n > MAX_SOCKET_PATH:

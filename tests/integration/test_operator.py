@@ -592,6 +592,42 @@ def test_part_of_an_admin_request_then_silence_is_refused_naming_why_and_nothing
     assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
 
 
+def test_no_file_a_command_or_the_audit_writes_takes_a_name_the_runtime_directory_keeps(
+        running, tmp_path):
+    """An outside review (r266): `wsuper trace S -o` (and `check --graph`) at the
+    running system's lock, or at the grants file beside it, wrote the trace over
+    them ("wrote ..."), and an audit at the grants file's name passed `check` and
+    `up`, which replaced it with its grants file at each start: the audit records
+    of every run before were lost without a word.  Each is refused, exit 2, naming
+    the names the runtime directory keeps; the files are as they were."""
+    from supervisor import endpoint
+    _run, path, tmp = running
+    lock, grants = endpoint.lock_path(path), endpoint.grants_path(path)
+    before = {f: open(f, "rb").read() for f in (lock, grants)}
+    other = os.path.join(os.path.dirname(lock), "other-0123abcd.lock.grants")
+    for output in (lock, grants, other):
+        for args in (("trace", path, "--seconds", "1", "-o", output),
+                     ("check", path, "--graph", output)):
+            r = run_wsuper(*args)
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            assert r.stderr == (
+                f"wsuper: error: {args[-2]} {output} has the name of a system's own socket, "
+                f"admin socket or lock, or of the grants file beside its lock, in the runtime "
+                f"directory (NAME-HASH.sock, .admin.sock, .lock, .lock.grants): not writing "
+                f"there; name another file\n"), r.stderr
+    assert {f: open(f, "rb").read() for f in (lock, grants)} == before
+    assert not os.path.lexists(other)
+    # an audit there: refused by `up` before anything starts
+    system = tmp_path / "audited.toml"
+    audit = endpoint.grants_path(str(system))
+    system.write_text(f'[system]\naudit = "{audit}"\n[compartments.calc]\n'
+                      f'module = "{EXAMPLES}/calc.wat"\n')
+    r = run_wsuper("up", str(system))
+    assert r.returncode == 2 and f"{system}:2: system.audit: the audit file {audit} has the " \
+        f"name of a system's own socket, admin socket or lock, or of the grants file" in r.stderr
+    assert not os.path.lexists(audit)
+
+
 @pytest.mark.parametrize("args, code, said", [
     ((), 0, "[app] H\\xe9 \\u65e5\\u672c"),                     # a plugin's text, on stdout
     (("\u00e9t\u00e9",), 2, "has no compartment '\\xe9t\\xe9'"),   # an error, on stderr

@@ -991,14 +991,17 @@ def test_a_subdir_that_is_a_mount_point_is_refused_by_check(tmp_path, monkeypatc
     assert "could never start" in e.value.reason, str(e.value)
 
 
-@pytest.mark.parametrize("suffix", [".admin.sock", ".lock", ".sock"])
+@pytest.mark.parametrize("suffix", [".admin.sock", ".lock", ".sock", ".lock.grants",
+                                    ".lock.grants.4242.tmp"])
 def test_the_audit_takes_no_name_the_runtime_directory_keeps_for_a_system(tmp_path, monkeypatch,
                                                                          suffix):
     """`audit` at the system's own admin socket passed `check`; `up` made the audit
     file there, then could not bind its admin socket (exit 2), and the regular file
     it left refused every later `up` of the system.  At its lock, `up` refused its
     own lock as "written by another running system"; at another system's lock, that
-    system's `up` truncated the audit as its lock."""
+    system's `up` truncated the audit as its lock.  At the grants file beside its
+    lock (or that file's temporary name), `up` replaced the audit with its grants
+    file at each start: the records of every run before were lost (r266)."""
     from supervisor import endpoint
     from tests.conftest import EXAMPLES
     run = tmp_path / "run"
