@@ -1017,17 +1017,9 @@ DOCUMENTED = [
     ("a symbolic link with an absolute target, or one that climbs out of the "
      "directory of the descriptor it is made through, is EPERM (wasmtime makes it)",
      lambda c, o, t: c.name == "path_symlink" and o == E["EPERM"] and _climbs_out(c)),
-    ("ftruncate of a descriptor opened to read, EBADF (wasmtime: EINVAL, or it "
-     "truncates one opened with neither right)",
-     lambda c, o, t: c.name == "fd_filestat_set_size" and o == E["EBADF"] and t in (
-         0, E["EINVAL"]) and (c.rights is None or not c.rights & W.RIGHT_FD_WRITE)),
     ("advice at an offset or of a length past 2^63-1, EINVAL (wasmtime: advice works)",
      lambda c, o, t: c.name == "fd_advise" and o == E["EINVAL"]
      and (c.args[1] | c.args[2]) >> 63),
-    ("setting no time at all (fst_flags 0) on a name that does not exist, ENOENT "
-     "(wasmtime, without SYMLINK_FOLLOW: success, nothing looked up)",
-     lambda c, o, t: c.name == "path_filestat_set_times" and c.args[6] == 0
-     and o == E["ENOENT"] and t == 0),
     ("one readv/writev takes at most 1024 buffers, one poll_oneoff 4096 "
      "subscriptions (more: EINVAL, as Linux's IOV_MAX; wasmtime says ENOMEM for counts "
      "it cannot allocate, and takes those it can)",

@@ -227,6 +227,17 @@ def _times(accessed_ns, accessed, modified_ns, modified):
     return out
 
 
+def _nothing_to_set(accessed: str, modified: str, follow: bool, raw: bytes) -> bool:
+    """Whether Directory.setTimes needs no look-up of its last component: both
+    times kept, the name not followed, and the name a plain one (a trailing '/'
+    says it must be a directory, and '.' or '..' are the directories themselves,
+    so those are looked up, as wasmtime does)."""
+    if accessed != "keep" or modified != "keep" or follow:
+        return False
+    name = _split(raw)[1]
+    return not name.endswith(b"/") and name not in (b".", b"..")
+
+
 def _utimensat(fd: int, times, what: str):
     if _libc.utimensat(fd, b"", times, AT_EMPTY_PATH) != 0:
         n = ctypes.get_errno()
@@ -1087,6 +1098,15 @@ class Directory:
         utimensat(2) on a read-only mount says ENOENT for what is not there."""
         times = _times(accessedNs, accessed, modifiedNs, modified)
         raw = _path(path)
+        if _nothing_to_set(accessed, modified, follow, raw) and not (self.read_only or
+                                                                     self.append_only):
+            # no time to set, the name not followed: the name itself is not looked
+            # up (utimensat(2) looks up nothing; wasmtime its directory), so a name
+            # that is not there is no error; its directory is found beneath as ever
+            parent, _name = _split(raw)
+            with self._h as dfd:
+                os.close(self._beneath(dfd, parent, os.O_PATH | os.O_DIRECTORY, path))
+            return
         with self._h as dfd:
             p = self._beneath(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW), path)
         try:
@@ -1527,7 +1547,11 @@ class File:
     def truncate(self, size: int):
         if self.append_only:
             raise FsError(f"{self.label} is append-only: cannot truncate", "EPERM")
-        self._writing("truncate")
+        if not self.writable:
+            # EINVAL, as ftruncate(2) says of a descriptor not open for writing (and
+            # wasmtime): a write to one is EBADF, a truncation is not
+            why = "read-only" if self.read_only else "not open for writing"
+            raise FsError(f"{self.label} is {why}: cannot truncate", "EINVAL")
         size = _offset(size, "size")
         with self._h as fd:
             try:

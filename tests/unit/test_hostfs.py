@@ -465,6 +465,44 @@ def test_set_times_on_files_links_and_what_they_name(tree):
     fails("EINVAL", d.setTimes, "notes.txt", False, 0, "sometime", 0, "keep")
 
 
+def test_setting_no_time_without_following_looks_up_its_directory_not_the_name(tree):
+    """Both times kept, the name not followed: the name is not looked up (utimensat(2)
+    looks up nothing, wasmtime its directory), so one that is not there is no error
+    (it was ENOENT); its directory is still found beneath the grant, and nothing is
+    made.  Followed, or with a trailing '/', the name is looked up as ever; an
+    attenuated grant answers as it did."""
+    d = Directory.grant(str(tree))
+    keep = (0, "keep", 0, "keep")
+    for name in ("missing", "sub/missing", "sub/../missing", "notes.txt", "sub"):
+        d.setTimes(name, False, *keep)
+    assert sorted(os.listdir(tree)) == ["notes.txt", "sub"] and os.listdir(tree / "sub") == []
+    fails("ENOENT", d.setTimes, "missing", True, *keep)
+    fails("ENOENT", d.setTimes, "missing/", False, *keep)
+    fails("ENOENT", d.setTimes, "nothing/missing", False, *keep)
+    fails("ENOTDIR", d.setTimes, "notes.txt/missing", False, *keep)
+    for outside in ("../missing", "../secret.txt", "/etc/missing", "sub/../../missing"):
+        fails("ENOTCAPABLE", d.setTimes, outside, False, *keep)
+    fails("ENOENT", d.setTimes, "missing", False, 0, "now", 0, "keep")
+    fails("ENOENT", Directory.grant(str(tree), read_only=True).setTimes, "missing", False,
+          *keep)
+    fails("ENOENT", Directory.grant(str(tree), append_only=True).setTimes, "missing", False,
+          *keep)
+
+
+def test_truncating_a_file_not_open_for_writing_is_einval_as_ftruncate_says(tree):
+    """ftruncate(2) of a descriptor not open for writing is EINVAL (and wasmtime's
+    answer); it was EBADF, a write's.  Writing it stays EBADF; nothing changes."""
+    d = Directory.grant(str(tree))
+    for f in (opened(d, "notes.txt"), File.grant(str(tree / "notes.txt"), read_only=True),
+              opened(Directory.grant(str(tree), read_only=True), "notes.txt")):
+        assert "cannot truncate" in fails("EINVAL", f.truncate, 0)
+        fails("EINVAL", f.truncate, 10)
+        fails("EBADF", f.write, 0, b"x")
+        fails("EBADF", f.append, b"x")
+    assert (tree / "notes.txt").read_text() == "hello"
+    fails("EPERM", File.grant(str(tree / "notes.txt"), append_only=True).truncate, 0)
+
+
 # ------------------------------------------------------------------ attenuation
 
 

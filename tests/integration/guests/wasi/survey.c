@@ -5,7 +5,8 @@
  * on a fresh directory preopened as /sandbox (fd 3), and compares the lines
  * (docs/guest-abi.md lists where they differ by design).  argv[1] picks the part:
  *   seek      fd_seek and fd_tell: past the end, negative, each whence; reading
- *             and writing there; pread/pwrite past the end; fd_filestat_set_size
+ *             and writing there; pread/pwrite past the end; fd_filestat_set_size;
+ *             each call that needs a mode on a file opened without it
  *   flags     fd_fdstat_set_flags (APPEND on and off), pwrite on an APPEND fd
  *   advise    fd_advise of each advice, and of ranges past the end
  *   readdir   fd_readdir: buffers smaller than an entry, cookies past the end
@@ -22,7 +23,8 @@
  *   chains    chains of symbolic links around the kernel's 40; the preopen
  *             renumbered
  *   pathops   every path call on every kind of name, each in a fresh tree
- *   times     each fst_flags, by descriptor, by path and through a link
+ *   times     each fst_flags, by descriptor, by path and through a link; none
+ *             (fst_flags 0) by path on every kind of name, followed and not
  *   longs     long paths and link targets (run at message_size = "1KiB")
  *   bigdir    2,500 entries through buffers of 4 KiB to 1 MiB
  *   bigoff    pwrite, pread, seek, write and set_size past 2^31, 2^32, 2^40
@@ -83,6 +85,7 @@ W(fd_filestat_set_times) I w_fd_filestat_set_times(I, L, L, I);
 W(fd_fdstat_get) I w_fd_fdstat_get(I, I);
 W(fd_fdstat_set_flags) I w_fd_fdstat_set_flags(I, I);
 W(fd_advise) I w_fd_advise(I, L, L, I);
+W(fd_allocate) I w_fd_allocate(I, L, L);
 W(fd_readdir) I w_fd_readdir(I, I, I, L, I);
 W(fd_renumber) I w_fd_renumber(I, I);
 W(fd_prestat_get) I w_fd_prestat_get(I, I);
@@ -202,7 +205,39 @@ static void seek(void) {
   printf("none-read %d\n", w_fd_read(none, P(&r), 1, P(&n)));
   printf("none-seek %d\n", w_fd_seek(none, 0, 1, P(&at)));
   printf("none-stat %d\n", w_fd_filestat_get(none, P(buf)));
+  printf("none-set-size %d size=%llu\n", w_fd_filestat_set_size(none, 1),
+         (unsigned long long)size_of(none));
   w_fd_close(none);
+  /* each call that needs a mode on a descriptor opened without it: to read only
+   * (with FILESTAT_SET_SIZE, which wasmtime takes for a wish to write), to write
+   * only, and to read with the write right asked for of the file only */
+  uint32_t m = 0;
+  const struct { const char *name; L rights; I fdflags; } modes[] = {
+      {"ro", RD, 0}, {"ro-sizeright", RD | (1LL << 22), 0}, {"all-but-write", ALL & ~WR, 0},
+      {"ro-append", RD, APPEND}, {"wo", WR, 0},
+      {"wo-append", WR, APPEND}};
+  for (unsigned k = 0; k < sizeof modes / sizeof *modes; k++) {
+    const char *c = modes[k].name;
+    I e = open_("ten", 0, modes[k].rights, modes[k].fdflags, &m);
+    printf("mode-%s-open %d\n", c, e);
+    if (e) continue;
+    iov z = {P(buf), 0}, one = {P(buf), 1};
+    n = 99;
+    printf("mode-%s-read %d\n", c, w_fd_read(m, P(&one), 1, P(&n)));
+    printf("mode-%s-read-zero %d\n", c, w_fd_read(m, P(&z), 1, P(&n)));
+    printf("mode-%s-pread %d\n", c, w_fd_pread(m, P(&one), 1, 0, P(&n)));
+    printf("mode-%s-pread-zero %d\n", c, w_fd_pread(m, P(&z), 1, 0, P(&n)));
+    printf("mode-%s-write-zero %d\n", c, w_fd_write(m, P(&z), 1, P(&n)));
+    printf("mode-%s-pwrite-zero %d\n", c, w_fd_pwrite(m, P(&z), 1, 0, P(&n)));
+    printf("mode-%s-set-size-same %d\n", c, w_fd_filestat_set_size(m, 12));
+    printf("mode-%s-set-size-neg %d\n", c, w_fd_filestat_set_size(m, -1));
+    printf("mode-%s-allocate %d\n", c, w_fd_allocate(m, 0, 1));
+    printf("mode-%s-set-times %d\n", c, w_fd_filestat_set_times(m, 0, 0, 2 | 8));
+    printf("mode-%s-advise %d\n", c, w_fd_advise(m, 0, 1, 0));
+    printf("mode-%s-sync %d\n", c, w_fd_sync(m));
+    printf("mode-%s-seek %d\n", c, w_fd_seek(m, 0, 2, P(&at)));
+    w_fd_close(m);
+  }
   /* O_TRUNC on a descriptor without the write right */
   printf("trunc-ro %d size-after=%d\n", open_("ten", TRUNC, RD, 0, &ro), 0);
   fst s;
@@ -628,7 +663,6 @@ static void stat_(void) {
 }
 
 
-W(fd_allocate) I w_fd_allocate(I, L, L);
 W(fd_fdstat_set_rights) I w_fd_fdstat_set_rights(I, L, L);
 W(path_link) I w_path_link(I, I, I, I, I, I, I);
 W(environ_get) I w_environ_get(I, I);
@@ -1201,6 +1235,24 @@ static void times(void) {
       printf(" m=%s\n", when(s.mtim, 4000000000ULL, 2000000000ULL, now));
       w_fd_close(fd);
     }
+  /* fst_flags 0 (no time set) by path: what is looked up, with and without
+   * SYMLINK_FOLLOW, on every kind of name */
+  w_path_create_directory(3, S("z0"));
+  w_fd_close(file("z0/f", "f"));
+  w_path_symlink(S("f"), 3, S("z0/lf"));
+  w_path_symlink(S("nothing"), 3, S("z0/ldang"));
+  w_path_symlink(S("lloop"), 3, S("z0/lloop"));
+  static const char *const zn[] = {"z0/f", "z0/missing", "z0/missing/x", "z0/f/x", "z0/f/",
+      "z0/missing/", "top-missing", "z0/./missing", "z0/../missing", "z0/lf/",
+      "z0/lf", "z0/ldang", "z0/ldang/", "z0/lloop", "z0/..", "..",
+      "../x", "z0/../..", "/", "/etc", "."};
+  for (unsigned k = 0; k < sizeof zn / sizeof *zn; k++)
+    for (I follow = 0; follow < 2; follow++)
+      printf("fst0-%s-%s %d\n", follow ? "follow" : "nofollow", zn[k],
+             w_path_filestat_set_times(3, follow, S(zn[k]), 0, 0, 0));
+  printf("fst0-empty %d\n", w_path_filestat_set_times(3, 0, S(""), 0, 0, 0));
+  printf("fst0-closed %d\n", w_path_filestat_set_times(77, 0, S("z0/missing"), 0, 0, 0));
+
 }
 
 /* The standard descriptors when each is a file: what each call does there.
