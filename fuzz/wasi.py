@@ -13,7 +13,9 @@ Each seed is one program: a generated WAT module whose `_start` makes a
 sequence of WASI calls (`calls`) with hostile arguments (pointers and lengths
 at and past the end of memory and past 2^31 and 2^32, iovec and subscription
 counts from 0 to huge, bad descriptors, closed and renumbered ones, paths with
-NUL, `..`, absolute, 4 KiB long, not UTF-8, with trailing slashes, flags and
+NUL, `..` (after a link too, to the preopen and past it), absolute, through
+links of each kind (dangling, chained, looping alone and in pairs, with an
+absolute target, leading out), 4 KiB long, not UTF-8, with trailing slashes, flags and
 rights with bits witx has not, whence, advice and clock ids out of range,
 poll_oneoff subscriptions of every kind, readdir cookies of any value,
 args/environ into small buffers) and, after each call, writes a record to
@@ -92,7 +94,8 @@ def make_tree(parent: str) -> str:
         with open(os.path.join(d, name), "w") as f:
             f.write(text)
     for name, target in (("ln", "a.txt"), ("dl", "nothing"), ("dd", "d"), ("loop", "loop"),
-                         ("up", "../outside.txt"), ("d/back", "../a.txt")):
+                         ("up", "../outside.txt"), ("d/back", "../a.txt"),
+                         ("ll", "ln"), ("la", "lb"), ("lb", "la"), ("abs", "/etc/passwd")):
         os.symlink(target, os.path.join(d, name))
     return d
 
@@ -124,7 +127,11 @@ PATHS = [b"a.txt", b"a.txt", b"d", b"d/f", b"d/e", b"ln", b"dl", b"dd", b"loop",
          b"d/back", b"empty", b"new", b"new", b"n2", b"d/new", b"d/e/new", b".", b"..",
          b"../x", b"/etc/passwd", b"/", b"", b"a.txt/", b"d/", b"d/..", b"d/../a.txt",
          b"dd/", b"ln/", b"dl/", b"new/", b"a\0b", b"\xff\xfe", b"d\xc3(", b"x" * 300,
-         b"a/" * 2100, b"./" * 2047 + b"a.txt", b"d/e/..", b"new/x", b"loop/x"]
+         b"a/" * 2100, b"./" * 2047 + b"a.txt", b"d/e/..", b"new/x", b"loop/x",
+         # chains, two links in a loop, an absolute target; '..' after a link, to the
+         # preopen's own directory and past it from deeper down
+         b"ll", b"ll/", b"la", b"abs", b"abs/", b"dd/..", b"dd/../a.txt", b"d/e/../..",
+         b"d/e/../../..", b"d/./e/."]
 EDGE_PTRS = [MEM - 1, MEM - 4, MEM - 8, MEM, MEM + 4, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFC,
              0xFFFFFFFF]
 HUGE = [MEM, MEM + 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]

@@ -41,6 +41,10 @@
  *   nodir     the programs given no directory: fd 3 not open, sockets calls on what
  *             is not one, a write to a descriptor past any, random, clocks, args
  *             and environ sizes, stdout (run with no directory at all)
+ *   sweep     '..' to each place, trailing slashes on each kind of name and on
+ *             new names, links of each kind with and without SYMLINK_FOLLOW,
+ *             path_open's clashing flags, fdflags read back, clocks and
+ *             descriptors polled together, renumber onto itself and the preopen
  *   root      what the newest suite's programs do with the preopen mounted at
  *             "/" (its `root`): find it by name and open "." with its own rights,
  *             the rights a preopen must have, "." opened each way, closed and
@@ -1299,6 +1303,183 @@ static void stdio(void) {
     e = w_poll_oneoff(P(sub), P(ev), 1, P(&n));
     printf("%s-poll %d n=%u err=%d\n", pre, e, n, ev[8] | ev[9] << 8);
   }
+}
+
+/* The edges a WASI conformance sweep names, each on every kind of name: '..'
+ * inside, to the preopen and past it, also after a link; trailing slashes on
+ * files, directories, links and new names, for each call that takes a name;
+ * links relative, dangling, looping (one and two), last with and without
+ * SYMLINK_FOLLOW, opened with O_DIRECTORY (followed), O_EXCL and O_CREAT on
+ * them; O_DIRECTORY|O_CREAT, O_TRUNC on a directory; fdflags set and read back;
+ * poll_oneoff of clocks and descriptors mixed; empty reads and writes on a
+ * descriptor that is not open; unlink of a directory, rmdir of '.'. */
+static void sweep(void) {
+  static uint8_t buf[256];
+  uint32_t fd = 0, n = 0;
+  fst s;
+  w_path_create_directory(3, S("sw"));
+  w_path_create_directory(3, S("sw/d"));
+  w_fd_close(file("sw/d/g", "g"));
+  w_fd_close(file("sw/f", "hello"));
+  w_path_symlink(S("f"), 3, S("sw/lf"));
+  w_path_symlink(S("d"), 3, S("sw/ld"));
+  w_path_symlink(S("nothing"), 3, S("sw/ldang"));
+  w_path_symlink(S("lloop"), 3, S("sw/lloop"));
+  w_path_symlink(S("lb"), 3, S("sw/la"));
+  w_path_symlink(S("la"), 3, S("sw/lb"));
+  w_path_symlink(S("lf"), 3, S("sw/llf"));
+  w_path_symlink(S("d/g"), 3, S("sw/ldg"));
+  static const char *const names[] = {
+      "sw/f", "sw/d", "sw/lf", "sw/ld", "sw/ldang", "sw/lloop", "sw/la", "sw/llf", "sw/ldg",
+      "sw/f/", "sw/d/", "sw/lf/", "sw/ld/", "sw/ldang/", "sw/lloop/", "sw/llf/", "sw/nx/",
+      "sw/..", "sw/d/..", "sw/d/../..", "sw/d/../f", "sw/../sw/f", "./sw/./f", "sw/ld/..",
+      "sw/ld/../f", "sw/ld/g", "sw/ld/g/", "sw/f/..", "sw/nx/..", "sw/d/g/..", "..",
+      "sw/../..", "sw/ld/../..", "sw/ld/../../..", "sw/d/./.", "sw//f", "sw/d//g"};
+  for (unsigned k = 0; k < sizeof names / sizeof *names; k++) {
+    const char *p = names[k];
+    for (I follow = 0; follow < 2; follow++) {
+      memset(&s, 0, sizeof s);
+      I e = w_path_filestat_get(3, follow, S(p), P(&s));
+      printf("sw-stat-%s-%s %d type=%d\n", follow ? "f" : "n", p, e, e ? -1 : s.type);
+      e = w_path_open(3, follow, S(p), 0, RD, ALL, 0, P(&fd));
+      memset(buf, 0, 24);
+      if (!e) { w_fd_fdstat_get(fd, P(buf)); w_fd_close(fd); }
+      printf("sw-open-%s-%s %d type=%d\n", follow ? "f" : "n", p, e, e ? -1 : buf[0]);
+      e = w_path_open(3, follow, S(p), DIRECTORY, RD, ALL, 0, P(&fd));
+      if (!e) w_fd_close(fd);
+      printf("sw-opendir-%s-%s %d\n", follow ? "f" : "n", p, e);
+    }
+    n = 0;
+    I e = w_path_readlink(3, S(p), P(buf), sizeof buf, P(&n));
+    printf("sw-readlink-%s %d %.*s\n", p, e, e ? 0 : (int)n, buf);
+  }
+  /* new names with a trailing slash, and what each call makes of them */
+#define SW(what, call) printf("sw-" what " %d\n", (call))
+  SW("mkdir-slash", w_path_create_directory(3, S("sw/m1/")));
+  SW("mkdir-slash-made", w_path_filestat_get(3, 0, S("sw/m1"), P(&s)));
+  SW("create-slash", w_path_open(3, 0, S("sw/c1/"), CREAT, RD | WR, ALL, 0, P(&fd)));
+  SW("create-slash-made", w_path_filestat_get(3, 0, S("sw/c1"), P(&s)));
+  SW("symlink-slash", w_path_symlink(S("f"), 3, S("sw/s1/")));
+  SW("symlink-to-dir-slash", w_path_symlink(S("d"), 3, S("sw/s2/")));
+  SW("link-slash", w_path_link(3, 0, S("sw/f"), 3, S("sw/h1/")));
+  SW("link-from-slash", w_path_link(3, 0, S("sw/f/"), 3, S("sw/h2")));
+  SW("rename-file-slash", w_path_rename(3, S("sw/f"), 3, S("sw/r1/")));
+  SW("rename-file-from-slash", w_path_rename(3, S("sw/f/"), 3, S("sw/r2")));
+  SW("unlink-file-slash", w_path_unlink_file(3, S("sw/f/")));
+  SW("unlink-missing-slash", w_path_unlink_file(3, S("sw/nx/")));
+  SW("rmdir-file-slash", w_path_remove_directory(3, S("sw/f/")));
+  SW("rmdir-missing-slash", w_path_remove_directory(3, S("sw/nx/")));
+  w_path_create_directory(3, S("sw/e"));
+  SW("rename-dir-slash", w_path_rename(3, S("sw/e"), 3, S("sw/e2/")));
+  SW("rename-dir-slash-back", w_path_rename(3, S("sw/e2/"), 3, S("sw/e")));
+  SW("rename-link-slash", w_path_rename(3, S("sw/ld/"), 3, S("sw/ld2")));
+  SW("unlink-dir", w_path_unlink_file(3, S("sw/e")));
+  SW("unlink-dir-link", w_path_unlink_file(3, S("sw/ld")));
+  w_path_symlink(S("d"), 3, S("sw/ld"));
+  SW("rmdir-dot", w_path_remove_directory(3, S(".")));
+  SW("rmdir-sub-dot", w_path_remove_directory(3, S("sw/e/.")));
+  SW("rmdir-link-to-dir", w_path_remove_directory(3, S("sw/ld")));
+  /* path_open's flags on each kind of name */
+  static const char *const kinds[] = {"sw/f", "sw/d", "sw/lf", "sw/ld", "sw/ldang", "sw/lloop",
+                                      "sw/nx"};
+  static const struct { const char *name; I oflags; L rights; } how[] = {
+      {"dir-creat", DIRECTORY | CREAT, RD}, {"excl", CREAT | EXCL, RD | WR},
+      {"excl-only", EXCL, RD}, {"trunc-rd", TRUNC, RD}, {"trunc-rw", TRUNC, RD | WR},
+      {"dir-trunc", DIRECTORY | TRUNC, RD}, {"dir-excl", DIRECTORY | EXCL, RD},
+      {"dir-rw", DIRECTORY, RD | WR}};
+  for (unsigned k = 0; k < sizeof kinds / sizeof *kinds; k++)
+    for (unsigned h = 0; h < sizeof how / sizeof *how; h++)
+      for (I follow = 0; follow < 2; follow++) {
+        I e = w_path_open(3, follow, S(kinds[k]), how[h].oflags, how[h].rights, ALL, 0,
+                          P(&fd));
+        if (!e) w_fd_close(fd);
+        memset(&s, 0, sizeof s);
+        w_path_filestat_get(3, 0, S("sw/f"), P(&s));
+        printf("sw-oflags-%s-%s-%s %d f-size=%llu\n", how[h].name, follow ? "f" : "n",
+               kinds[k], e, (unsigned long long)s.size);
+        w_path_unlink_file(3, S("sw/nx"));
+        if (s.size == 0) w_fd_close(file("sw/f", "hello"));
+      }
+  /* fdflags set at open and by fd_fdstat_set_flags, read back */
+  static const I flagsets[] = {0, APPEND, NONBLOCK, APPEND | NONBLOCK};
+  for (unsigned k = 0; k < 4; k++) {
+    I e = w_path_open(3, 0, S("sw/f"), 0, RD | WR, ALL, flagsets[k], P(&fd));
+    memset(buf, 0, 24);
+    w_fd_fdstat_get(fd, P(buf));
+    printf("sw-fdflags-open-%d %d flags=%d", flagsets[k], e, buf[2] | buf[3] << 8);
+    for (unsigned j = 0; j < 4; j++) {
+      I f = w_fd_fdstat_set_flags(fd, flagsets[j]);
+      memset(buf, 0, 24);
+      w_fd_fdstat_get(fd, P(buf));
+      printf(" set-%d=%d,%d", flagsets[j], f, buf[2] | buf[3] << 8);
+    }
+    printf("\n");
+    w_fd_close(fd);
+  }
+  w_path_open(3, 0, S("sw/d"), DIRECTORY, RD, ALL, NONBLOCK, P(&fd));
+  memset(buf, 0, 24);
+  w_fd_fdstat_get(fd, P(buf));
+  printf("sw-fdflags-dir-nonblock flags=%d\n", buf[2] | buf[3] << 8);
+  w_fd_close(fd);
+  /* empty reads and writes on a descriptor that is not open */
+  iov z = {P(buf), 0};
+  SW("read-zero-closed", w_fd_read(77, P(&z), 1, P(&n)));
+  SW("read-none-closed", w_fd_read(77, P(&z), 0, P(&n)));
+  SW("write-zero-closed", w_fd_write(77, P(&z), 1, P(&n)));
+  SW("pwrite-zero-closed", w_fd_pwrite(77, P(&z), 1, 0, P(&n)));
+  SW("pread-zero-closed", w_fd_pread(77, P(&z), 1, 0, P(&n)));
+  /* poll_oneoff: no subscription; a relative clock of 0 alone, twice; a clock
+   * with a descriptor */
+  uint8_t sub[3][48], ev[3][32];
+  memset(sub, 0, sizeof sub);
+  memset(ev, 0, sizeof ev);
+  n = 77;
+  SW("poll-zero", w_poll_oneoff(P(sub), P(ev), 0, P(&n)));
+  printf("sw-poll-zero-n %u\n", n);
+  for (int i = 0; i < 2; i++) {
+    sub[i][0] = 10 + i;
+    sub[i][8] = 0;                   /* clock */
+    uint32_t clock = 1;
+    memcpy(sub[i] + 16, &clock, 4);  /* monotonic, timeout 0, relative */
+  }
+  n = 77;
+  I e = w_poll_oneoff(P(sub), P(ev), 1, P(&n));
+  printf("sw-poll-clock-0 %d n=%u ud=%d type=%d err=%d\n", e, n, ev[0][0], ev[0][10],
+         ev[0][8]);
+  n = 77;
+  e = w_poll_oneoff(P(sub), P(ev), 2, P(&n));
+  printf("sw-poll-two-clocks-0 %d n=%u\n", e, n);
+  w_path_open(3, 0, S("sw/f"), 0, RD, ALL, 0, P(&fd));
+  memset(sub[2], 0, 48);
+  sub[2][0] = 12;
+  sub[2][8] = 1;                     /* fd_read */
+  memcpy(sub[2] + 16, &fd, 4);
+  memcpy(sub[1], sub[2], 48);
+  n = 77;
+  memset(ev, 0, sizeof ev);
+  e = w_poll_oneoff(P(sub[1]), P(ev), 1, P(&n));
+  printf("sw-poll-fd %d n=%u ud=%d type=%d err=%d\n", e, n, ev[0][0], ev[0][10], ev[0][8]);
+  n = 77;
+  memset(ev, 0, sizeof ev);
+  e = w_poll_oneoff(P(sub), P(ev), 2, P(&n));
+  int fd_seen = 0;
+  for (uint32_t i = 0; i < n && i < 3; i++) fd_seen |= ev[i][0] == 12 && ev[i][10] == 1;
+  printf("sw-poll-clock-0-and-fd %d fd-reported=%d\n", e, fd_seen);
+  w_fd_close(fd);
+  n = 77;
+  e = w_poll_oneoff(P(sub[1]), P(ev), 1, P(&n));
+  printf("sw-poll-fd-closed %d\n", e);
+  /* fd_renumber of a file onto itself, then onto the preopen (last: fd 3 is gone) */
+  w_path_open(3, 0, S("sw/f"), 0, RD, ALL, 0, P(&fd));
+  SW("renumber-file-self", w_fd_renumber(fd, fd));
+  SW("renumber-file-self-open", w_fd_fdstat_get(fd, P(buf)));
+  SW("renumber-preopen-self", w_fd_renumber(3, 3));
+  SW("renumber-onto-preopen", w_fd_renumber(fd, 3));
+  memset(buf, 0, 24);
+  SW("renumber-onto-preopen-3", w_fd_fdstat_get(3, P(buf)));
+  printf("sw-renumber-onto-preopen-type %d\n", buf[0]);
+  SW("renumber-onto-preopen-old", w_fd_fdstat_get(fd, P(buf)));
+  SW("renumber-onto-preopen-prestat", w_fd_prestat_get(3, P(buf)));
 }
 
 static char longpath[8192];
@@ -2597,5 +2778,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "root")) root();
   if (!strcmp(part, "scratch")) scratch();
   if (!strcmp(part, "nodir")) nodir();
+  if (!strcmp(part, "sweep")) sweep();
   return 0;
 }
