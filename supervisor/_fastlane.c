@@ -47,6 +47,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,11 +76,68 @@ typedef struct {
   size_t cap, len; /* cap: a power of two; key 0 is never stored (keys are offset by 1) */
 } Map;
 
+/* Where a key goes: SipHash-1-3 of it, under a key drawn at random when the module is
+ * loaded (hash_init).  Peers choose most of the keys (their answer ids, in their
+ * `answers` and `nofinish`): hashed by a fixed, public function (murmur's fmix64, a
+ * bijection), a peer found ids that all land in one slot (a scan of its 32-bit ids:
+ * ~1 s), and every lookup of its ids walked one cluster of up to 4096 (max_unfinished)
+ * with the mutex held: the lane's thread spent ~3 times as long on each of its
+ * round trips, every peer's forwarding waiting meanwhile (an outside review, r269). */
+static uint64_t hash_k0, hash_k1;
+
+#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                            \
+  do {                                                                                      \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                               \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                  \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                  \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                               \
+  } while (0)
+
 static uint64_t mix(uint64_t k) {
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdull;
-  k ^= k >> 33;
-  return k;
+  uint64_t v0 = hash_k0 ^ 0x736f6d6570736575ull, v1 = hash_k1 ^ 0x646f72616e646f6dull;
+  uint64_t v2 = hash_k0 ^ 0x6c7967656e657261ull, v3 = hash_k1 ^ 0x7465646279746573ull;
+  const uint64_t b = 8ull << 56; /* the message: 8 bytes, the key */
+  v3 ^= k;
+  SIPROUND;
+  v0 ^= k;
+  v3 ^= b;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* the hash's key, from the kernel's random numbers, never waiting for them (early in
+ * a boot: /dev/urandom's, as Python's own hash key); -1 if none are to be had */
+static int hash_init(void) {
+  uint64_t k[2];
+  ssize_t n;
+  do
+    n = getrandom(k, sizeof k, GRND_NONBLOCK);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t)sizeof k) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t got = 0;
+    while (got < sizeof k) {
+      n = read(fd, (uint8_t *)k + got, sizeof k - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    close(fd);
+    if (got < sizeof k) {
+      if (!errno) errno = EIO;
+      return -1;
+    }
+  }
+  hash_k0 = k[0];
+  hash_k1 = k[1];
+  return 0;
 }
 
 static int map_grow(Map *m) {
@@ -150,6 +208,17 @@ static void *map_del(Map *m, uint64_t key) {
     }
   }
   return val;
+}
+
+/* the most slots a lookup in `m` walks: the longest distance of a key from its slot */
+static size_t map_longest(const Map *m) {
+  size_t most = 0;
+  for (size_t i = 0; i < m->cap; i++) {
+    if (!m->keys[i]) continue;
+    size_t d = (i - (mix(m->keys[i]) & (m->cap - 1))) & (m->cap - 1);
+    if (d + 1 > most) most = d + 1;
+  }
+  return most;
 }
 
 static void map_free(Map *m) {
@@ -2023,6 +2092,25 @@ static PyObject *Lane_stats(Lane *L, PyObject *unused) {
                        "walked", walked, "moved", moved);
 }
 
+/* longest_probe(pid) -> the most slots a lookup of one of the peer's ids walks in its
+ * tables (answers, nofinish, reserved); 0 if it has none */
+static PyObject *Lane_longest_probe(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  size_t most = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    const Map *maps[] = {&P->answers, &P->nofinish, &P->reserved};
+    for (int i = 0; i < 3; i++) {
+      size_t n = map_longest(maps[i]);
+      if (n > most) most = n;
+    }
+  }
+  UNLOCK(L);
+  return PyLong_FromSize_t(most);
+}
+
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }
 
 static PyMethodDef Lane_methods[] = {
@@ -2058,6 +2146,7 @@ static PyMethodDef Lane_methods[] = {
     {"unhold", (PyCFunction)Lane_unhold, METH_VARARGS, NULL},
     {"drain_audit", (PyCFunction)Lane_drain_audit, METH_VARARGS, NULL},
     {"stats", (PyCFunction)Lane_stats, METH_NOARGS, NULL},
+    {"longest_probe", (PyCFunction)Lane_longest_probe, METH_VARARGS, NULL},
     {"stop", (PyCFunction)Lane_stop, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
@@ -2081,6 +2170,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "supervisor._fastlane
                                     module_methods};
 
 PyMODINIT_FUNC PyInit__fastlane(void) {
+  if (hash_init()) return PyErr_SetFromErrno(PyExc_OSError);
   if (PyType_Ready(&LaneType) < 0) return NULL;
   PyObject *m = PyModule_Create(&module);
   if (!m) return NULL;

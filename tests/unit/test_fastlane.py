@@ -9,6 +9,7 @@ in flight), one set of open answer ids, native calls taken over by Python
 when their return is not plain, and peers that go away.
 """
 import errno
+import functools
 import os
 import socket
 import struct
@@ -1301,6 +1302,74 @@ def test_a_peer_that_leaves_takes_its_ids_tables_with_it_and_leaves_the_others_a
         lane.stop()
         for t in socks:
             t.close()
+
+
+def _fmix64(k):
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & 0xFFFFFFFFFFFFFFFF
+    return k ^ (k >> 33)
+
+
+@functools.lru_cache(None)
+def _ids_of_one_slot(n, slots):
+    """`n` answer ids that the lane's old hash (murmur's fmix64 of id + 1, fixed and
+    public) put in one slot of a table of `slots`: what a hostile peer finds by a
+    scan of its ids."""
+    ids, aid = [], 1
+    while len(ids) < n:
+        if not _fmix64(aid + 1) & (slots - 1):
+            ids.append(aid)
+        aid += 1
+    return tuple(ids)
+
+
+def test_answer_ids_a_peer_chooses_do_not_pile_up_in_one_slot_of_the_lanes_tables(sup):
+    """The lane's tables of a peer's ids (its answers open, its Finish allowances)
+    were hashed by a fixed public function: an engine whose calls used ids of one
+    slot had every lookup of them walk one cluster, up to 4,096 long (the allowances
+    kept), with the lane's mutex held: ~3x the lane's work per round trip (an outside
+    review).  The hash is keyed now, at random: a lookup walks a few slots, whatever
+    ids the peer picks."""
+    s, calc, app = routed(sup)
+    ids = _ids_of_one_slot(512, 2048)            # 512 allowances: a table of 2,048
+    imp = app.grants[0].import_id
+    calls0 = s.lane.stats()["calls"]
+    for at in range(0, len(ids), 32):
+        app.send(b"".join(P.Connection._splice(*rpcwire.encode_call(aid, imp, CALC, 0, ()),
+                                               params()) for aid in ids[at:at + 32]))
+        got = []
+
+        def answered():
+            if readable(calc.sock, 0.002):
+                for ev in calc.conn.receive(calc.sock.recv(1 << 20)):
+                    assert isinstance(ev, P.CallReceived), ev
+                    calc.send(calc.conn.send_return(ev.answer_id, no_finish=True))
+                    got.append(ev)
+            while readable(app.sock, 0):
+                app.sock.recv(1 << 20)               # its answers, read raw
+            return len(got) == 32 and s.lane.counts(app.pid)[0] == 0
+        end = time.monotonic() + 10
+        while not answered():                       # (app's Connection knows none of them)
+            assert time.monotonic() < end, (len(got), s.lane.counts(app.pid))
+            s.pump(0.002)
+    assert s.lane.stats()["calls"] - calls0 == len(ids)     # all natively
+    assert s.lane.longest_probe(app.pid) < 32
+
+
+def test_answer_ids_an_external_client_leaves_unfinished_do_not_pile_up_in_one_slot():
+    """The same for an external client's answers returned and not finished (up to
+    max_unfinished, 4,095), which stay in its `answers` table until its Finish."""
+    lane = fastlane.Lane()
+    ours, theirs = socket.socketpair()
+    try:
+        lane.add(1, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64, True)
+        for aid in _ids_of_one_slot(512, 2048):
+            assert lane.open_answer(1, aid) and lane.returned(1, aid)
+        assert lane.unfinished(1) == 512
+        assert lane.longest_probe(1) < 32
+    finally:
+        lane.stop()
+        theirs.close()
 
 
 def test_a_connection_that_ends_walks_only_its_own_routes_and_calls():
