@@ -8,7 +8,8 @@ hand-driven engines of tests/unit/test_fastlane.py: calc (exports), app
 In about a third of the world pairs app is an external client on the gateway
 instead.  In one world app's messages may go natively; in the other the lane
 hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
-one-segment Call to calc (on its grant, or pipelined on a call still open; its
+one-segment Call to calc (on its grant, or pipelined on a call still open, or
+carrying a capability: calc's own, one of app's, a null one, a promised answer; its
 params small, or of 80 KiB or 300 KiB), or such a Call in two segments as pycapnp
 lays it out (fuzz.lane.in_two_segments: the Data behind a far pointer), or in
 three (in_three_segments: a Text in a third), or
@@ -517,6 +518,13 @@ def seeds(imp: int) -> list:
     _q, data = c.send_call((100, (0,)), 0xC0FFEE0000000001, 0,
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
     out.append(Seed(_renumber(data, 110)))
+    # calls carrying capabilities, on the grant a route is installed for: each goes to
+    # Python, which wraps what it passes (r269): calc's own object back (receiverHosted),
+    # one of app's (senderHosted), none, and a promised answer of a call still open
+    for caps in ((P.RemoteRef(imp),), (object(),), (None,), (P.ReceiverAnswer(100),)):
+        _q, data = c.send_call(imp, 0xC0FFEE0000000001, 0, Content.capability(0), caps)
+        out.append(Seed(_renumbered_in_place(data, 111)))   # (pycapnp's copy aborts on
+        #                                                      a capability pointer)
     out.append(Seed(rpcwire.encode_finish(100)))
     out.append(Seed(rpcwire.encode_finish(102)))   # a call calc holds: cancelled
     out.append(Seed(c.send_release(imp, 1)))       # app lets go of its grant (its route)
