@@ -368,6 +368,10 @@ class Connection:
         # of them is allowed and ignored.  Bounded: the oldest are forgotten.
         self._no_finish: dict[int, None] = {}
         self.unanswered = 0                     # calls from the peer we have not returned
+        # our questions we sent Finish for (cancelled, or past call_time) that the peer
+        # has not returned: each stays in `questions` until its Return comes, which a
+        # peer that never answers never sends (the owner bounds them: Router, overdue)
+        self.overdue = 0
         self.max_unfinished = max_unfinished
         self.max_kept_bytes = max_kept_bytes
         self._unfinished = 0
@@ -758,6 +762,8 @@ class Connection:
         if q is None or q.returned:
             raise ProtocolError(f"return for question {qid}, which is not awaiting one")
         q.returned = True
+        if q.finished:
+            self.overdue -= 1
         if m.release:
             for obj in q.param_exports:
                 self._release_export_obj(obj, 1, events)
@@ -992,6 +998,8 @@ class Connection:
         q.finished = True
         if q.returned:
             self._drop_question(question_id)
+        else:
+            self.overdue += 1
         return rpcwire.encode_finish(question_id)
 
     def send_disembargo(self, import_id: int, embargo_id: int) -> bytes:
@@ -1094,6 +1102,7 @@ class Connection:
         objs = [e.obj for e in self.exports.values()] + self._released_unheard
         self._released_unheard = []
         self.unanswered = 0
+        self.overdue = 0
         self._unfinished = 0
         self._kept = 0
         self._no_finish.clear()

@@ -101,6 +101,15 @@ PIPELINED_TOTAL_BYTES = 64 << 20
 #: calls in flight does not stop the others.
 ORPHANS_PER_IN_FLIGHT = 2
 
+#: Calls to one peer that the supervisor cancelled there (Finish: past call_time, or
+#: their caller gave them up or went) and that it has not returned yet: past this
+#: many, new calls to it fail "overloaded" until it answers some.  Each stays on the
+#: books (its question, and on the lane its reserved id) until its Return comes, so
+#: a peer that reads its calls and never answers them grew the supervisor for every
+#: call_time its callers spent on it (an outside review, r269).  An engine answers a
+#: cancelled call at once, or within its call_time once it runs.
+OVERDUE_LIMIT = 1024
+
 
 #: Resolved promises a call may pass on its way to its target (a promise can
 #: resolve to a capability that leads back to it; membranes alone cannot loop).
@@ -426,7 +435,8 @@ class Router:
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
                  names: dict | None = None, audit: bool = False, backlog=None,
                  pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None,
-                 revocable: tuple = (), extends: dict | None = None, sealed=()):
+                 revocable: tuple = (), extends: dict | None = None, sealed=(),
+                 overdue_limit: int = OVERDUE_LIMIT):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
@@ -527,6 +537,7 @@ class Router:
         self._orphan_bytes_at: dict[int, int] = {}     # callee id -> their sum
         self.orphans_limit = orphans_limit if orphans_limit is not None \
             else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
+        self.overdue_limit = overdue_limit
         self._orphans_full = False
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
@@ -772,6 +783,7 @@ class Router:
             def timed_out(peer=peer, qid=qid, handler=handler):
                 self.count(peer, False)
                 self.emit(fx.Send(peer.id, peer.conn.send_finish(qid)))
+                self._overdue(peer)
                 self.fail(handler.reply, CallError(
                     f"compartment {peer.name} did not answer within "
                     f"{peer.limits.call_time:g} s (limit call_time)", "overloaded"))
@@ -1377,6 +1389,7 @@ class Router:
             return None
         del self._pending[key]
         self.emit(fx.Send(peer.id, peer.conn.send_finish(question_id)))
+        self._overdue(peer)
         return waiting
 
     def _tail_ended(self, peer: Peer, answer_id: int, content=None, caps=(),
@@ -1625,6 +1638,13 @@ class Router:
                             f"answered yet (limit "
                             f"{self.orphans_limit} a compartment: {ORPHANS_PER_IN_FLIGHT} x "
                             f"the external in_flight); try again", "overloaded")
+                if cap.peer.conn.overdue >= self.overdue_limit:
+                    raise CallError(
+                        f"{'compartment ' if cap.peer.kind == 'engine' else ''}"
+                        f"{cap.peer.name} has not answered {cap.peer.conn.overdue} "
+                        f"calls cancelled there (past call_time, or given up by their "
+                        f"callers; limit {self.overdue_limit}): no more calls to it "
+                        f"until it answers some; try again", "overloaded")
                 if cap.peer.remotes.get(cap.import_id) is not cap \
                         or cap.import_id not in cap.peer.conn.imports:
                     # a capability released meanwhile (should not happen: held ones are
@@ -1903,6 +1923,15 @@ class Router:
         the route again."""
         if on and self._routes:
             self._unroute(lambda r: compartment in (r.caller.name, r.callee.name))
+
+    def _overdue(self, peer: Peer):
+        """A Finish went to `peer` for a call it has not returned: at OVERDUE_LIMIT
+        such calls (Router.overdue_limit) the routes to it come down, so that its
+        callers' calls come to Python, which refuses them (_deliver) until it
+        answers some; the next call through Python after that installs them again."""
+        if peer.conn.overdue >= self.overdue_limit and self._routes_at.get(peer.id):
+            self._unroute_keys([k for k in self._routes_at[peer.id]
+                                if self._routes[k].callee is peer])
 
     def _unroute(self, which, take_calls: bool = True):
         """Take down every route `which(route)` is true of, synchronously."""
@@ -3033,6 +3062,7 @@ class Router:
             # id free for the next call) and no answer is to come: nothing to count
             returned = callee.conn.question_returned(key[1])
             self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
+            self._overdue(callee)
             if orphan and caller.kind == "external" and not returned:
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
                 if live and caller.alive:

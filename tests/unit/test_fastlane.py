@@ -587,6 +587,57 @@ def test_native_calls_past_call_time_fail(sup):
     assert len(app.returns()) == 2 and calc.pid not in s.closed
 
 
+def test_a_callee_that_never_answers_its_cancelled_calls_is_refused_more_not_held_for(sup):
+    """A callee that reads its calls and never answers them: each call past call_time
+    fails for its caller and is sent Finish, and stayed on the supervisor's books (its
+    question, and on the lane its reserved id) until a Return that never came: six
+    more every round, for ever (an outside review, r269).  Past overdue_limit such
+    calls the routes to it come down and calls to it fail "overloaded" in Python,
+    before they reach it; once it answers them, calls reach it again."""
+    s, calc, app = routed(sup, limits={"calc": R.Limits(call_time=0.05)},
+                          clock=time.monotonic, overdue_limit=8)
+    books = s.router.peers[calc.pid].conn
+
+    def settle(n):
+        end = time.monotonic() + 30
+        while len(app.returns()) < n and time.monotonic() < end:
+            s.pump(0.005)
+            s.perform(s.router.native_tick())
+            s.perform(s.router.expire())
+            for e in list(s.engines.values()):
+                e.poll(0.0)
+        assert len(app.returns()) == n
+
+    sent, held = 1, []
+    for _ in range(8):
+        for _ in range(6):
+            app.call()
+        sent += 6
+        settle(sent)
+        held.append(len(books.questions))
+    errors = [r.error for r in app.returns()[1:]]
+    assert all(e is not None for e in errors)
+    timed_out = [e for e in errors if "did not answer within 0.05 s" in e]
+    refused = [e for e in errors if "compartment calc has not answered" in e]
+    assert len(timed_out) + len(refused) == len(errors), errors
+    # held at the limit and one round in flight at most, never the 48 of every call
+    assert max(held) <= 8 + 6 and len(timed_out) <= 8 + 6, (held, len(timed_out))
+    assert refused and len(calc.calls()) == 1 + len(timed_out)
+    assert all(r.error_type == "overloaded" for r in app.returns()[-6:])
+    # it answers them: calls reach it again (through Python, which routes them anew)
+    for c in calc.calls()[1:]:
+        calc.send(calc.conn.send_return(c.answer_id, no_finish=True))
+    end = time.monotonic() + 10
+    while books.overdue and time.monotonic() < end:
+        s.pump(0.005)
+    assert books.overdue == 0 and len(books.questions) == 0
+    app.call()
+    app.until(lambda: len(calc.calls()) == 2 + len(timed_out))
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == sent + 1)
+    assert app.returns()[-1].payload is not None and calc.pid not in s.closed
+
+
 def test_every_natively_forwarded_call_is_audited_when_the_records_wait(sup):
     """The lane keeps a record's place for each audited call in flight: with room
     for 3 records, a 4th and 5th call in flight go through Python (which audits
