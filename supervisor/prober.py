@@ -641,7 +641,9 @@ class Prober:
         if sub.queue or wait <= 0:
             self._answer_read(call, sub, n)
         else:
-            self.sup.nursery.start_soon(self._read_later, call, sub, n, wait)
+            self.sup._task(f"a probe read of {call.caller or call.owner}", self._read_later,
+                           call, sub, n, wait, on_fault=lambda why: self.sup._host_done(
+                               call.token, hostcaps.Refusal("EIO: internal error")))
 
     async def _read_later(self, call, sub, n, wait):
         """Answer read `call` once `sub` has events, or after `wait` s, while its call

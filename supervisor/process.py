@@ -175,6 +175,12 @@ class ForkedEngine:
                 nursery.start_soon(self._ended, fd)
                 await self._exited.wait()
                 nursery.cancel_scope.cancel()
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                # a fault of ours: killed while its pidfd still names it alone (the
+                # supervisor cuts it off: Supervisor._lost_watch)
+                self.kill()
+            raise
         finally:
             self._pidfd = None
             os.close(fd)

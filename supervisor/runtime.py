@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import datetime
 import errno
+import functools
 import fcntl
 import gc
 import json
@@ -392,6 +393,14 @@ class _Link:
                 self.queued -= len(data)
                 if not self.queued:
                     self.drained.set()
+
+
+class _EngineEnd:
+    """How far an engine's reader got in acting on its end (Supervisor._end_engine)."""
+    __slots__ = ("acted",)
+
+    def __init__(self):
+        self.acted = False       # its callers told and its restart policy asked
 
 
 class _AdminConn:
@@ -1065,6 +1074,66 @@ class Supervisor:
         else:
             fn(*args)
 
+    # ------------------------------------------------------------ task boundaries
+    # Every task of the system's nursery runs behind one boundary (_bounded): an
+    # exception that is not trio's own (Cancelled, KeyboardInterrupt) leaving the
+    # task is a fault of ours in serving its peer.  It is said, naming the task,
+    # and `on_fault` cuts off that peer alone; a task of the whole system's (the
+    # calls' clock, the listeners, the signals) is started again (`again`).  An
+    # exception that reached the nursery ended the supervisor and every compartment
+    # with it (issue 10's class, found again from the inside: tests/faults.py).
+
+    def _task(self, what: str, fn, *args, on_fault=None, again: bool = False):
+        """fn(*args) as a task of the system's nursery, behind its boundary."""
+        self.nursery.start_soon(self._bounded, what, fn, args, on_fault, again,
+                                name=getattr(fn, "__qualname__", what))
+
+    async def _bounded(self, what: str, fn, args, on_fault=None, again: bool = False):
+        delay = 0.01
+        while True:
+            try:
+                await fn(*args)
+                return
+            except BaseException as e:  # noqa: BLE001 - split below: trio's own go on
+                faults, rest = _faults_of(e)
+                if faults is None:
+                    raise
+                self._task_fault(what, faults, on_fault, again)
+                if rest is not None:
+                    raise rest from None
+                if not again or self._done.is_set():
+                    return
+            await trio.sleep(delay)              # a fault at every turn: not a busy loop
+            delay = min(delay * 2, 1.0)
+
+    def _task_fault(self, what: str, e: BaseException, on_fault=None, again=False):
+        """Say the fault of a task (`what`), then cut off what it served (`on_fault`):
+        nothing raised here leaves it."""
+        leaf = _first_leaf(e)
+        text = f"internal error in {what} ({type(leaf).__name__}: {first_line(leaf)})"
+        if on_fault is None:
+            text += ": carried on" if again else ": that task ended"
+        try:
+            self.say(text)
+        except Exception:  # noqa: BLE001 - the line is all it could give
+            pass
+        if on_fault is not None:
+            try:
+                on_fault(text)
+            except Exception as e2:  # noqa: BLE001 - said, never raised
+                try:
+                    self.say(f"internal error while cutting off after it ({what}): "
+                             f"{type(e2).__name__}: {first_line(e2)}")
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _cut_engine(self, name: str, pid: int, proc, why: str):
+        """A task serving engine `pid` (compartment `name`) failed: that engine is cut
+        off and killed; its reader (_read_engine) then ends it as a crash."""
+        if pid in self.router.peers:
+            self._cut_off(pid, why)
+        proc.kill()
+
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
@@ -1330,17 +1399,19 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.lane is not None:
-                nursery.start_soon(self._lane_host if host_worker() else self._lane_events)
+                self._task("the fast lane's events",
+                           self._lane_host if host_worker() else self._lane_events, again=True)
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run started",
                                 "system": self.system.path})
                 self._run_began = True
-                nursery.start_soon(self.audit.writer, self._audit_failed)
-            nursery.start_soon(self._signals)
-            nursery.start_soon(self._expire_calls)
-            nursery.start_soon(self.prober.poll)
+                self._task("the audit's writer", self.audit.writer, self._audit_failed,
+                           on_fault=self._audit_failed)
+            self._task("the receiver of signals", self._signals, again=True)
+            self._task("expiring calls", self._expire_calls, again=True)
+            self._task("polling probes", self.prober.poll, again=True)
             if self.output.files is not None:
-                nursery.start_soon(self.output.files.writer)
+                self._task("the log files' writer", self.output.files.writer, again=True)
             key = ""       # the key that moves what failed, as run() names it
             try:
                 await nursery.start(self._admin)
@@ -1369,7 +1440,8 @@ class Supervisor:
             self.zygote = Zygote(self._launched)
             self._zygote_said = trio.Event()    # its end acted on (_run_zygote)
             self._launched = None
-            nursery.start_soon(self._run_zygote)
+            self._task("hearing the zygote", self._run_zygote,
+                       on_fault=lambda why: self._act(self.lifecycle.stop(1)))
             for comp in self.system.compartments.values():
                 if self._done.is_set():        # stopped while they start: no more
                     break
@@ -1789,6 +1861,23 @@ class Supervisor:
             task_status.started()
 
     async def _spawn(self, comp, generation: int, sent=None):
+        """_spawn_now behind its boundary: a fault of ours in starting `comp` is that
+        start's failure (its restart policy decides), never the supervisor's end.  An
+        engine it had made already is cut off, and its end decides instead."""
+        before = self._peer_of.get(comp.name)
+        try:
+            await self._spawn_now(comp, generation, sent)
+        except Exception as e:  # noqa: BLE001 - one start's fault, not the system's
+            why = (f"internal error in starting {comp.name} "
+                   f"({type(e).__name__}: {first_line(e)})")
+            self.say(why, comp.name)
+            pid, proc = self._peer_of.get(comp.name), self.procs.get(comp.name)
+            if pid and pid != before and proc is not None:
+                self._cut_engine(comp.name, pid, proc, why)
+            else:
+                self._act(self.lifecycle.start_failed(comp.name, why, trio.current_time()))
+
+    async def _spawn_now(self, comp, generation: int, sent=None):
         """Start an engine for `comp`; what goes wrong is a failed start, never an exit.
         `sent()`: called once the zygote has the request (see Zygote.spawn).  None
         once the system stops: a stop during start-up (SIGTERM, `wsuper stop`) went on
@@ -1842,11 +1931,14 @@ class Supervisor:
             return
         finally:
             theirs.close()
-        self.nursery.start_soon(proc.watch)
         self.procs[comp.name] = proc
+        self._task(f"watching the process of {comp.name}", proc.watch,
+                   on_fault=lambda why: self._lost_watch(comp.name, pid, proc, why))
         pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
         self._peer_of[comp.name] = pid
-        self.nursery.start_soon(self._watch_start, comp, pid, proc)
+        cut = functools.partial(self._cut_engine, comp.name, pid, proc)
+        self._task(f"watching the start of {comp.name}", self._watch_start, comp, pid, proc,
+                   on_fault=cut)
         link = self._lane_link(pid, ours, comp.limits, external=False) \
             if self.lane is not None else None
         if link is None:
@@ -1856,14 +1948,22 @@ class Supervisor:
         link.shared = self._engine_queues
         link.calls_room = R.calls_past_soft(comp.limits)
         self._engine_queues.links[link] = pid
-        self.nursery.start_soon(link.writer)
+        self._task(f"writing to the engine of {comp.name}", link.writer, on_fault=cut)
         # this incarnation's last stderr lines, for why it ended: its own (one kept by
         # name had an earlier incarnation's last words end the reason of every later
         # one, "killed by SIGKILL: error: cannot load module ..." long after it loaded)
         stderr_done, tail = trio.Event(), collections.deque(maxlen=5)
-        self.nursery.start_soon(self._read_engine, comp.name, generation, pid, link, proc,
-                                stderr_done, tail)
-        self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done, tail)
+        end = _EngineEnd()
+        self._task(f"reading the engine of {comp.name}", self._read_engine, comp.name,
+                   generation, pid, link, proc, stderr_done, tail, end,
+                   on_fault=lambda why: self._end_engine(comp.name, generation, pid, link,
+                                                         proc, end, why))
+
+        def stderr_fault(why):
+            stderr_done.set()
+            cut(why)
+        self._task(f"reading the stderr of {comp.name}", self._read_stderr, comp.name, proc,
+                   stderr_done, tail, on_fault=stderr_fault)
         self._perform(effects)
 
     def _lane_link(self, pid: int, sock, limits: Limits, external: bool):
@@ -2002,7 +2102,50 @@ class Supervisor:
                 and self.lifecycle.state[comp.name] == "restarting":
             await self._spawn(comp, generation)
 
-    async def _read_engine(self, name, gen, pid, link, proc, stderr_done, tail):
+    def _end_engine(self, name, gen, pid, link, proc, end: "_EngineEnd", why: str):
+        """_read_engine failed (`why`): the engine is killed, and what its end had left
+        to do is done, each step on its own (one that raises is said, the next done):
+        its callers told, its restart policy asked, its link closed."""
+        proc.kill()
+        reason = f"engine cut off: {why}"
+        steps = []
+        if not end.acted:
+            steps += [lambda: self._perform(self.router.disconnected(
+                          pid, self._for_callers(name, reason))),
+                      lambda: self._act(self.lifecycle.engine_stopped(
+                          name, gen, reason, trio.current_time(), clean=False))]
+        steps += [lambda: self._perform(self.router.engine_ended(pid)), link.close,
+                  lambda: self.links.pop(pid, None),
+                  lambda: self._engine_queues.links.pop(link, None)]
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - the next step all the same
+                self.say(f"internal error while ending the engine of {name}: "
+                         f"{type(e).__name__}: {first_line(e)}", name)
+
+    def _lost_watch(self, name: str, pid: int, proc, why: str):
+        """The watch of an engine's process failed: the engine is cut off and killed,
+        and its end taken as the zygote reports it, or as not known past
+        process.REPORT_GRACE (what the watch would have done)."""
+        self._cut_engine(name, pid, proc, why)
+
+        async def unreported():
+            await trio.sleep(process.REPORT_GRACE)
+            if proc.returncode is None:
+                proc._exit(process.UNREPORTED)
+        self._task(f"the end of {name}'s process", unreported)
+
+    def _cut_program(self, name: str, why: str):
+        """The watch of a program's run_time and run_cpu failed: its engine is killed
+        (a limit that cannot be held fails closed)."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            proc.kill()
+
+    async def _read_engine(self, name, gen, pid, link, proc, stderr_done, tail,
+                           end: "_EngineEnd | None" = None):
+        end = end or _EngineEnd()
         reason = await self._pump(pid, link)
         if reason is None:
             # it closed its connection: its compartment's calls wait from now on for
@@ -2065,6 +2208,7 @@ class Supervisor:
                                                 clean=code in (0, EXIT_GUEST_OK,
                                                                process.UNREPORTED)
                                                 and not lingered and not cut))
+        end.acted = True
         self._perform(self.router.engine_ended(pid))
         await link.aclose()
         self.links.pop(pid, None)
@@ -2493,7 +2637,7 @@ class Supervisor:
         # a call behind a hung operation waited for ever, never ETIMEDOUT (r249)
         if not pool.running:
             pool.running = True
-            self._soon(self.nursery.start_soon, self._io_pool, pool)
+            self._soon(self._task, "host file operations", self._io_pool, pool)
         elif more:
             self._set(pool.wake)
 
@@ -2539,7 +2683,7 @@ class Supervisor:
             return
         pool.running = True
         self._io_pools.setdefault(pool.key, pool)
-        self.nursery.start_soon(self._io_pool, pool)
+        self._task("host file operations", self._io_pool, pool)
 
     async def _io_pool(self, pool: _IoPool):
         """The trio side of a pool: starts the worker threads it wants, answers the
@@ -2806,7 +2950,8 @@ class Supervisor:
             if counted:
                 self._uncount(served)
             done = self._releasing[id(served)] = threading.Event()
-            self._soon(self.nursery.start_soon, self._release_in_thread, kind, served, done)
+            self._soon(self._task, f"closing a host {kind}", self._release_in_thread, kind,
+                       served, done)
 
     def _uncount(self, served):
         """The descriptor _hold counted for `served` is free again."""
@@ -2902,10 +3047,11 @@ class Supervisor:
             if self._external >= most and not self._make_room():
                 self.tell_once("max-external", f"more than {most} external connections "
                                f"at once: refusing the others (max_connections)")
-                self.nursery.start_soon(self._refuse, stream, f"too many connections "
-                                        f"(at most {most})")
+                self._task("refusing an external connection", self._refuse, stream,
+                           f"too many connections (at most {most})",
+                           on_fault=lambda why, s=stream: s.socket.close())
                 continue
-            self.nursery.start_soon(self._serve_external, stream)
+            self._task("serving an external connection", self._serve_external, stream)
 
     def _make_room(self) -> bool:
         """All external connections are taken: close the one idle longest (see
@@ -2972,21 +3118,21 @@ class Supervisor:
 
     async def _serve_external(self, stream):
         self._external += 1
-        limits = self.system.external_limits or Limits()
-        pid = self.router.add_external()
-        link = self._lane_link(pid, stream.socket, limits, external=True) \
-            if self.lane is not None else None
-        if link is None:
-            link = _Link(stream, limits)
-        self.links[pid] = link
-        if self._external_queues is None:
-            self._external_queues = _QueuePool(R.external_queue_pool(limits),
-                                               excused=self.router.forwarded_bytes)
-        link.shared = self._external_queues
-        link.calls_room = R.calls_past_soft(limits)     # (calls back to its objects)
-        self._external_queues.links[link] = pid
-        linger = None
+        pid = link = linger = None
         try:
+            limits = self.system.external_limits or Limits()
+            pid = self.router.add_external()
+            link = self._lane_link(pid, stream.socket, limits, external=True) \
+                if self.lane is not None else None
+            if link is None:
+                link = _Link(stream, limits)
+            self.links[pid] = link
+            if self._external_queues is None:
+                self._external_queues = _QueuePool(R.external_queue_pool(limits),
+                                                   excused=self.router.forwarded_bytes)
+            link.shared = self._external_queues
+            link.calls_room = R.calls_past_soft(limits)     # (calls back to its objects)
+            self._external_queues.links[link] = pid
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
                 why = await self._pump(pid, link)      # None: it closed; else what ended it
@@ -3009,12 +3155,20 @@ class Supervisor:
                     linger = (trio.SocketStream(sock), rest)
             elif link.cut and not link.native and not link.queued:
                 linger, stream = (stream, b""), None
+        except Exception as e:  # noqa: BLE001 - this connection's fault: it alone is cut off
+            self.say(f"internal error in serving an external connection "
+                     f"({type(e).__name__}: {first_line(e)})")
+            if pid is not None and pid in self.router.peers:
+                self._cut_off(pid, f"internal error ({type(e).__name__})")
+            linger = None
         finally:
             self._external -= 1
             self.links.pop(pid, None)
-            self._external_queues.links.pop(link, None)
-            if link.detached is not None:         # not lingered on: it reads nothing,
-                os.close(link.detached[0])        # or the system stopped meanwhile
+            if self._external_queues is not None:
+                self._external_queues.links.pop(link, None)
+            if link is not None and link.detached is not None:
+                os.close(link.detached[0])  # not lingered on: it reads nothing, or the
+                #                             system stopped meanwhile
             if stream is not None:
                 await stream.aclose()
         if linger is not None:          # its place is free meanwhile (its descriptor is
@@ -3042,7 +3196,8 @@ class Supervisor:
         while True:
             if listener is not None:
                 async with listener, trio.open_nursery() as nursery:
-                    nursery.start_soon(accept, listener)
+                    nursery.start_soon(self._bounded, f"accepting on the {what}", accept,
+                                       (listener,), None, True)
                     while self._still_bound(path):
                         await trio.sleep(SOCKET_CHECK)
                     nursery.cancel_scope.cancel()
@@ -3089,7 +3244,7 @@ class Supervisor:
                 self._admin_conns.discard(victim)
             conn = _AdminConn(trio.current_time())
             self._admin_conns.add(conn)
-            self.nursery.start_soon(self._serve_admin, stream, conn)
+            self._task("serving an admin request", self._serve_admin, stream, conn)
 
     @staticmethod
     def _admin_line_now(stream, answer: dict):
@@ -3547,16 +3702,18 @@ class Supervisor:
                 self._perform(self.router.run(a.name))
                 limits = self.system.compartments[a.name].limits
                 if limits.run_time is not None or limits.run_cpu is not None:
-                    self.nursery.start_soon(self._watch_program, a.name,
-                                            self.lifecycle.generation[a.name], limits)
+                    self._task(f"watching the program of {a.name}", self._watch_program,
+                               a.name, self.lifecycle.generation[a.name], limits,
+                               on_fault=functools.partial(self._cut_program, a.name))
             elif isinstance(a, S.Restart):
                 self._perform(self.router.stop_engine(a.name,
                                                       self._for_callers(a.name, a.reason)))
                 proc = self.procs.get(a.name)
                 if proc is not None:
                     proc.terminate()
-                self.nursery.start_soon(self._respawn, self.system.compartments[a.name],
-                                        a.delay, self.lifecycle.generation[a.name])
+                self._task(f"restarting {a.name}", self._respawn,
+                           self.system.compartments[a.name], a.delay,
+                           self.lifecycle.generation[a.name])
             elif isinstance(a, (S.Fail, S.Stop)):
                 reason = self._for_callers(a.name, a.reason)
                 self._perform(self.router.stop_engine(a.name, reason))
@@ -3626,6 +3783,22 @@ class _StartError(Exception):
         callers its name and `told` (or ': ' and `why`)."""
         return cls(f"cannot open {g.path} for grant {g.name}: {why}",
                    f"cannot open its grant {g.name}" + (f": {why}" if told is None else told))
+
+
+def _faults_of(e: BaseException):
+    """(the faults in `e`, the rest): trio's Cancelled, KeyboardInterrupt and
+    SystemExit are the rest, a group split between the two."""
+    if isinstance(e, BaseExceptionGroup):
+        return e.split(Exception)
+    if isinstance(e, Exception):
+        return e, None
+    return None, e
+
+
+def _first_leaf(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
 
 
 def host_worker() -> bool:

@@ -1,0 +1,152 @@
+"""`wsuper up` with faults injected inside the supervisor, for the tests of the class
+"one peer's trouble ends the supervisor" (tests/integration/test_injected_faults.py,
+fuzz/faults.py).
+
+    python -m tests.faults up SYSTEM.toml
+
+runs the real command (supervisor.cli.run, in this process) after wrapping the
+functions named in POINTS: each raises FaultInjected once, at its first call that
+concerns the peer it is armed for, after a line `arm POINT [PEER]` on this
+process's stdin (`PEER`: a compartment's name; for the points that concern no
+compartment, nothing).  It writes `fault injected: POINT` on stderr as it raises.
+Nothing of this is in the supervisor: the wrapping is done here, by the test's own
+process, so no policy, guest or client can reach it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+#: point -> what it stands for (the boundary whose inside raises)
+POINTS = {
+    "engine-input": "the router's handling of an engine's message (Router.receive)",
+    "client-input": "the router's handling of an external client's message",
+    "host-call": "a host call's dispatch (Supervisor._host_call)",
+    "host-done": "a host call's completion (Router.host_returned)",
+    "delivery": "a write to a peer's connection (its link's write)",
+    "new-client": "a new external connection (Router.add_external)",
+    "engine-lost": "the router's loss of an engine (Router.disconnected)",
+    "engine-end": "the decision on an engine's end (Lifecycle.engine_stopped)",
+    "engine-ready": "an engine's start acted on (Supervisor._on_started)",
+    "respawn": "a compartment's restart (EngineSpec.of, in Supervisor._spawn)",
+    "stderr": "the reader of an engine's stderr (StderrLines.finish)",
+    "exit-watch": "the watch of an engine's process (Process._ended)",
+    "admin-answer": "an admin request's answer (endpoint.encode)",
+    "revoke": "a revocation (Router.revoke)",
+    "probe": "a probe request (Prober.admin)",
+    "tick": "the calls' clock (Router.native_tick / Router.next_deadline)",
+}
+
+
+class FaultInjected(RuntimeError):
+    """The unexpected exception a test injects."""
+
+
+_armed: dict = {}            # point -> the peer it is armed for ("" for any)
+_lock = threading.Lock()
+
+
+def _fire(point: str, peer: str = "") -> None:
+    with _lock:
+        want = _armed.get(point)
+        if want is None or (want and want != peer):
+            return
+        del _armed[point]
+    os.write(2, f"fault injected: {point} {peer}\n".encode())
+    raise FaultInjected(f"injected at {point}")
+
+
+def _wrap(owner, name: str, point: str, peer_of=None, is_async: bool = False):
+    """owner.name raises at `point` (peer_of(*args) names the peer it concerns)."""
+    real = getattr(owner, name)
+    if is_async:
+        async def wrapped(*args, **kw):
+            _fire(point, peer_of(*args) if peer_of else "")
+            return await real(*args, **kw)
+    else:
+        def wrapped(*args, **kw):
+            _fire(point, peer_of(*args) if peer_of else "")
+            return real(*args, **kw)
+    wrapped.__name__ = name
+    setattr(owner, name, wrapped)
+
+
+def install():
+    from compartments import spec
+    from supervisor import endpoint, output, process, prober, router, runtime, supervision
+
+    def peer_name(rt, pid, *_):
+        p = rt.peers.get(pid)
+        if p is None:
+            return ""
+        return p.name if p.kind == "engine" else "client"
+
+    def host_peer(rt, token, *_):
+        entry = rt._host_calls.get(token)
+        return entry[1].owner if entry is not None else ""
+
+    def link_peer(link, *_):
+        sup = _sup[0]
+        if sup is None:
+            return ""
+        p = sup.router.peers.get(getattr(link, "pid", None) or _pid_of(sup, link))
+        return p.name if p is not None and p.kind == "engine" else ""
+
+    def _pid_of(sup, link):
+        for pid, lk in sup.links.items():
+            if lk is link:
+                return pid
+        return None
+
+    _sup = [None]
+    real_init = runtime.Supervisor.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        _sup[0] = self
+    runtime.Supervisor.__init__ = init
+
+    _wrap(router.Router, "receive", "engine-input", peer_name)
+    _wrap(router.Router, "receive", "client-input", peer_name)
+    _wrap(runtime.Supervisor, "_host_call", "host-call", lambda s, e: e.owner)
+    _wrap(router.Router, "host_returned", "host-done", host_peer)
+    _wrap(runtime._Link, "write", "delivery", link_peer)
+    _wrap(runtime._NativeLink, "write", "delivery", link_peer)
+    _wrap(router.Router, "add_external", "new-client")
+    _wrap(router.Router, "disconnected", "engine-lost", peer_name)
+    _wrap(supervision.Lifecycle, "engine_stopped", "engine-end", lambda s, name, *_: name)
+    _wrap(runtime.Supervisor, "_on_started", "engine-ready", lambda s, e: e.compartment)
+    real_of = spec.EngineSpec.of
+
+    def of(comp, *a, **kw):
+        _fire("respawn", comp.name)
+        return real_of(comp, *a, **kw)
+    spec.EngineSpec.of = staticmethod(of)
+    _wrap(output.StderrLines, "finish", "stderr")
+    _wrap(process.ForkedEngine, "_ended", "exit-watch", is_async=True)
+    _wrap(endpoint, "encode", "admin-answer")
+    _wrap(router.Router, "revoke", "revoke")
+    _wrap(prober.Prober, "admin", "probe", is_async=True)
+    _wrap(router.Router, "next_deadline", "tick")
+
+
+def _arming():
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "arm" and words[1] in POINTS:
+            with _lock:
+                _armed[words[1]] = words[2] if len(words) > 2 else ""
+            os.write(2, f"armed: {words[1]}\n".encode())
+
+
+def main():
+    install()
+    threading.Thread(target=_arming, name="faults-arming", daemon=True).start()
+    from supervisor import cli
+    sys.argv = ["wsuper", *sys.argv[1:]]
+    cli.run()
+
+
+if __name__ == "__main__":
+    main()
