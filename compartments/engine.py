@@ -69,6 +69,7 @@ EXIT_CANNOT_LOAD = 3        # the module cannot be loaded or instantiated
 EXIT_PROTOCOL = 4           # the supervisor broke the protocol
 EXIT_CONFINE = 5            # the process could not be confined: it does not run
 EXIT_GUEST = 6              # its guest called exit(N != 0) in a call it served, no program running
+EXIT_INTERNAL = 70          # a fault of the engine's own (EX_SOFTWARE; zygote._leave_with's)
 # EXIT_GUEST_OK (7, spec.py): the same with exit(0), which the supervisor tells apart
 
 #: Linear memories a compartment's module may have: wasmtime applies limits.memory
@@ -2463,4 +2464,13 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
         pass
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
+    except Exception as e:  # noqa: BLE001 - a fault of the engine's own: it ends, saying so
+        # its traceback (for whoever fixes it), then one line: the supervisor takes
+        # an engine's last line as why it ended (its restart line, its callers' errors),
+        # and that was the traceback's last, the exception's module path and all
+        import traceback
+        traceback.print_exc()
+        print(f"error: internal error in the engine ({type(e).__name__}: "
+              f"{printable(_first_line(e))})", file=sys.stderr, flush=True)
+        return EXIT_INTERNAL
     return EXIT_OK

@@ -140,8 +140,62 @@ def _arming():
             os.write(2, f"armed: {words[1]}\n".encode())
 
 
+#: the engine's points: a call to Calc.add whose `a` is one of these, in any engine
+#: (the zygote this process starts runs zygote_main, which wraps them before it forks)
+ENGINE_POINTS = {
+    1000000007: "engine-loop",     # the engine's loop, sending the answer (Engine._send)
+    1000000009: "engine-call",     # the handling of that one call (Engine._outcome)
+}
+
+
+def zygote_main():
+    """The zygote (compartments.zygote.main), its engines' code wrapped first."""
+    import struct
+
+    from compartments import engine, zygote
+    marks = {struct.pack("<i", a): point for a, point in ENGINE_POINTS.items()}
+
+    def check(data, point):
+        for mark, p in marks.items():
+            if p == point and mark in bytes(data):
+                os.write(2, f"fault injected: {point}\n".encode())
+                raise FaultInjected(f"injected at {point}")
+
+    real_send, real_outcome = engine.Engine._send, engine.Engine._outcome
+
+    def send(self, data):
+        check(data, "engine-loop")
+        return real_send(self, data)
+
+    def outcome(self, status, frame):
+        check(frame.params, "engine-call")
+        return real_outcome(self, status, frame)
+    engine.Engine._send, engine.Engine._outcome = send, outcome
+    zygote.main()
+
+
+def _zygote_here():
+    """The zygote started by `wsuper up` runs zygote_main (launch.Launched)."""
+    import subprocess
+
+    from supervisor import launch
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    real = subprocess.Popen
+
+    class Popen(real):
+        def __init__(self, args, *a, **kw):
+            if list(args[1:4]) == ["-I", "-m", "compartments.zygote"]:
+                args = [args[0], "-I", "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                        f"from tests.faults import zygote_main; zygote_main()", *args[4:]]
+            super().__init__(args, *a, **kw)
+    launch.subprocess = type(sys)("subprocess")
+    launch.subprocess.__dict__.update(subprocess.__dict__)
+    launch.subprocess.Popen = Popen
+
+
 def main():
     install()
+    _zygote_here()
     threading.Thread(target=_arming, name="faults-arming", daemon=True).start()
     from supervisor import cli
     sys.argv = ["wsuper", *sys.argv[1:]]

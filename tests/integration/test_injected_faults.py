@@ -193,3 +193,35 @@ def test_a_fault_inside_one_peers_handling_cuts_off_that_peer_only(system, point
             run.wait_for(f"ready {ticker}", start=len(run.lines), timeout=10)
     run.wait_for(f"[{ticker}] tick", start=len(run.lines), timeout=10)
     assert run.proc.poll() is None, "\n".join(run.lines)
+
+
+def _add_error(sock, a, name="victim"):
+    try:
+        return _add(sock, a, 0, name)
+    except Exception as e:  # noqa: BLE001 - whatever the client library raises
+        return e
+
+
+def test_a_fault_in_an_engines_loop_ends_that_engine_with_a_line_saying_so(system):
+    """An exception the engine's loop does not expect (here: as it sends an answer)
+    ends that engine, saying why in one line the supervisor passes on; it is
+    restarted, and nothing waits for it."""
+    run, sock, _toml = system
+    start, before = len(run.lines), _pid(run, "victim")
+    assert isinstance(_add_error(sock, 1000000007), Exception)
+    line = run.wait_for("restarting victim", start=start, timeout=10)
+    assert "engine exited with code 70: error: internal error in the engine " \
+           "(FaultInjected: injected at engine-loop)" in line, line
+    run.wait_for("ready victim", start=start, timeout=10)
+    assert _pid(run, "victim") != before
+    assert _add(sock, 2, 3, "victim") == 5 and _add(sock, 20, 22, "other") == 42
+    assert run.proc.poll() is None
+
+
+def test_a_fault_in_handling_one_call_in_an_engine_fails_that_call_only(system):
+    run, sock, _toml = system
+    start, before = len(run.lines), _pid(run, "victim")
+    e = _add_error(sock, 1000000009)
+    assert "the engine could not handle this call (FaultInjected" in str(e), e
+    assert _add(sock, 2, 3, "victim") == 5 and _pid(run, "victim") == before
+    assert not [x for x in run.lines[start:] if "victim" in x and "fault" not in x]
