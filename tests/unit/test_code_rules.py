@@ -143,3 +143,56 @@ def test_no_two_test_modules_write_a_schema_of_the_same_file_id():
         os.path.join(ROOT, "tests")).items() if len(mods) > 1}
     assert set(shared) <= _SHARED_IDS_ALLOWED, {
         k: v for k, v in shared.items() if k not in _SHARED_IDS_ALLOWED}
+
+
+#: tasks started straight into the system's nursery that catch every Exception
+#: themselves (prober.Prober._quietly, _declare): no boundary needed
+_GUARDED_INSIDE = {"_quiet_collect", "_quiet_push", "_declare", "_bounded"}
+
+
+def _unbounded_starts(source: str) -> list[tuple[int, str]]:
+    """(line, task) of each `X.nursery.start_soon(fn, ...)`: a task of the system's
+    nursery started without Supervisor._task's boundary."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("start_soon", "start") \
+                and (isinstance(node.func.value, ast.Attribute)
+                     and node.func.value.attr == "nursery"
+                     or isinstance(node.func.value, ast.Name)
+                     and node.func.value.id == "nursery") and node.args:
+            fn = node.args[0]
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "?")
+            if name not in _GUARDED_INSIDE:
+                found.append((node.lineno, name))
+    return found
+
+
+def test_every_task_of_the_systems_nursery_runs_behind_its_boundary():
+    """An exception out of a task of the supervisor's nursery ended the supervisor and
+    every compartment (r264: eight such tasks, each serving one peer).  Each is
+    started by Supervisor._task (or, at start-up, `nursery.start` of _admin,
+    _listen, _first_spawn, whose faults are start-up's), or catches everything
+    itself."""
+    startup = {"_admin", "_listen", "_first_spawn",
+               # nested nurseries of a task behind the boundary: what they raise is
+               # that task's (ForkedEngine.watch's, _io_pool's)
+               "_ended", "_io_thread"}
+    bad = []
+    for package in ("supervisor",):
+        for path in _python_files((package,)):
+            with open(path) as f:
+                source = f.read()
+            if "nursery" not in source:
+                continue
+            bad += [f"{os.path.relpath(path, ROOT)}:{line}: {name}"
+                    for line, name in _unbounded_starts(source) if name not in startup]
+    assert not bad, bad
+
+
+def test_the_rule_above_sees_a_task_started_without_its_boundary():
+    assert _unbounded_starts("self.sup.nursery.start_soon(self._read_later, call)\n"
+                             "self.nursery.start_soon(proc.watch)\n"
+                             "nursery.start_soon(self._signals)\n"
+                             "self._task('x', self._y)\n") == [
+        (1, "_read_later"), (2, "watch"), (3, "_signals")]
