@@ -61,6 +61,11 @@ def listed(names, limit: int = LISTED_LIMIT, sep: str = ", ") -> str:
 
 
 def first_line(e, limit: int = 300) -> str:
+    if isinstance(e, BaseExceptionGroup) and e.exceptions:
+        # a nested nursery's: what it holds, not "Exceptions from Trio nursery (1
+        # sub-exception)", which named no fault
+        leaf = e.exceptions[0]
+        return f"{type(leaf).__name__}: {first_line(leaf, limit)}"[:limit]
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 

@@ -9,6 +9,7 @@ hostmem.py   host calls on guest memory, native against Python.
 lane.py      the fast lane against the Python router, over real sockets.
 policy.py    the system file: parse, errors, what `wsuper check` prints.
 wasi.py      hostile WASI calls under wsuper and under wasmtime's own WASI.
+faults.py    exceptions injected inside a running supervisor, at random points.
 """
 
 

@@ -216,6 +216,11 @@ def pool_shed(beyond: int, held: Iterable[tuple[int, object]], pool: int) -> lis
     return shed if total <= pool else None
 
 
+class UnknownGrant(KeyError):
+    """`revoke` of a label that names no revocable grant: the operator's error (a
+    KeyError of a fault inside `revoke` is not, and is not answered as one)."""
+
+
 class Peer:
     """One connection: an engine (a compartment) or an external client."""
 
@@ -915,7 +920,7 @@ class Router:
         if m is None or not m.revocable:
             revocable = sorted(self.revocable | {p for p, x in self.membranes.items()
                                                  if x.revocable})
-            raise KeyError(f"no revocable grant {label!r} "
+            raise UnknownGrant(f"no revocable grant {label!r} "
                            f"(revocable: {', '.join(revocable) or 'none'})")
         # the fast lane first: once this returns, no call goes natively through m,
         # and its calls in flight are the router's (so that they fail below)

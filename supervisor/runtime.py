@@ -3395,7 +3395,7 @@ class Supervisor:
                 # these effects, it came ahead of such records (an outside review)
                 effects = self.router.revoke(grant, {"time": None, "event": "grant revoked",
                                                      "grant": grant, "by": "operator"})
-            except KeyError as e:
+            except R.UnknownGrant as e:
                 # "unknown": the operator named no revocable grant (exit 2, as offline)
                 return {"ok": False, "error": e.args[0], "unknown": True}
             released = [e.served for e in effects if isinstance(e, fx.HostRelease)]

@@ -5,12 +5,15 @@ fuzz/faults.py).
     python -m tests.faults up SYSTEM.toml
 
 runs the real command (supervisor.cli.run, in this process) after wrapping the
-functions named in POINTS: each raises FaultInjected once, at its first call that
-concerns the peer it is armed for, after a line `arm POINT [PEER]` on this
-process's stdin (`PEER`: a compartment's name; for the points that concern no
-compartment, nothing).  It writes `fault injected: POINT` on stderr as it raises.
-Nothing of this is in the supervisor: the wrapping is done here, by the test's own
-process, so no policy, guest or client can reach it.
+functions named in POINTS: each raises an exception of KINDS once, at its first
+call that concerns the peer it is armed for, after a line `arm POINT PEER KIND` on
+this process's stdin (PEER: a compartment's name, "client", or "-" for any).  It
+writes `fault injected: POINT` on stderr as it raises.  The zygote it starts runs
+zygote_main, which wraps two points of every engine's (ENGINE_POINTS: set off by
+a call whose params hold a marker).  Nothing of this is in the supervisor or the
+engine: the wrapping is done here, in processes only this module starts, so no
+policy, guest or client can reach it.  tests/faultcases.py has the system and
+the checks (tests/integration/test_injected_faults.py, fuzz/faults.py).
 """
 from __future__ import annotations
 
@@ -40,21 +43,51 @@ POINTS = {
 
 
 class FaultInjected(RuntimeError):
-    """The unexpected exception a test injects."""
+    """The unexpected exception a test injects (the kind "runtime")."""
 
 
-_armed: dict = {}            # point -> the peer it is armed for ("" for any)
+def fault(kind: str, text: str) -> BaseException:
+    """An exception of `kind` (KINDS): each of those the code under a boundary can
+    raise that it does not expect."""
+    import errno
+    import struct
+    if kind == "key":
+        return KeyError(text)
+    if kind == "assert":
+        return AssertionError(text)
+    if kind == "struct":
+        return struct.error(text)
+    if kind == "unicode":
+        return UnicodeDecodeError("utf-8", b"\xff", 0, 1, text)
+    if kind == "os":
+        return OSError(errno.EIO, text)
+    if kind == "memory":
+        return MemoryError(text)
+    if kind == "recursion":
+        return RecursionError(text)
+    if kind == "kj":
+        import capnp
+        return capnp.KjException(text)
+    if kind == "group":            # as a nested nursery raises
+        return ExceptionGroup("from a nursery", [FaultInjected(text)])
+    return FaultInjected(text)
+
+
+KINDS = ("runtime", "key", "assert", "struct", "unicode", "os", "memory", "recursion",
+         "kj", "group")
+
+_armed: dict = {}            # point -> (the peer it is armed for, "" for any; its kind)
 _lock = threading.Lock()
 
 
 def _fire(point: str, peer: str = "") -> None:
     with _lock:
         want = _armed.get(point)
-        if want is None or (want and want != peer):
+        if want is None or (want[0] and want[0] != peer):
             return
         del _armed[point]
     os.write(2, f"fault injected: {point} {peer}\n".encode())
-    raise FaultInjected(f"injected at {point}")
+    raise fault(want[1], f"injected at {point}")
 
 
 def _wrap(owner, name: str, point: str, peer_of=None, is_async: bool = False):
@@ -132,11 +165,13 @@ def install():
 
 
 def _arming():
+    """`arm POINT PEER KIND` lines (PEER "-": any)."""
     for line in sys.stdin:
         words = line.split()
-        if len(words) >= 2 and words[0] == "arm" and words[1] in POINTS:
+        if len(words) == 4 and words[0] == "arm" and words[1] in POINTS \
+                and words[3] in KINDS:
             with _lock:
-                _armed[words[1]] = words[2] if len(words) > 2 else ""
+                _armed[words[1]] = ("" if words[2] == "-" else words[2], words[3])
             os.write(2, f"armed: {words[1]}\n".encode())
 
 
