@@ -143,6 +143,8 @@ CASES = {
     "revoke": ("", "revoke", "internal error answering an admin request"),
     "probe": ("", "probe", "internal error answering an admin request"),
     "tick": ("", None, "internal error in expiring calls"),
+    # the connection waits in the listener's backlog, taken at the loop's next turn
+    "accept": ("", "connect", "internal error in accepting on the external socket"),
 }
 
 
@@ -158,6 +160,8 @@ def check(run, sock, toml, point, kind="runtime", ticker="t0"):
     before = pid(run, ticker)
     if trigger == "call":
         assert isinstance(add_error(sock, 1), Exception)
+    elif trigger == "connect":
+        assert add(sock, 4, 5, "victim") == 9
     elif trigger == "kill":
         os.kill(before, signal.SIGKILL)
     elif trigger == "status":

@@ -39,6 +39,7 @@ POINTS = {
     "revoke": "a revocation (Router.revoke)",
     "probe": "a probe request (Prober.admin)",
     "tick": "the calls' clock (Router.native_tick / Router.next_deadline)",
+    "accept": "the accept loop of the external socket (Supervisor._accept)",
 }
 
 
@@ -162,6 +163,7 @@ def install():
     _wrap(router.Router, "revoke", "revoke")
     _wrap(prober.Prober, "admin", "probe", is_async=True)
     _wrap(router.Router, "next_deadline", "tick")
+    _wrap(runtime.Supervisor, "_accept", "accept", is_async=True)
 
 
 def _arming():
