@@ -145,6 +145,8 @@ CASES = {
     "tick": ("", None, "internal error in expiring calls"),
     # the connection waits in the listener's backlog, taken at the loop's next turn
     "accept": ("", "connect", "internal error in accepting on the external socket"),
+    # its engine made, not read yet: cut off, its start failed by the router
+    "spawn-late": ("ticker", "kill", "internal error in starting"),
 }
 
 

@@ -40,6 +40,7 @@ POINTS = {
     "probe": "a probe request (Prober.admin)",
     "tick": "the calls' clock (Router.native_tick / Router.next_deadline)",
     "accept": "the accept loop of the external socket (Supervisor._accept)",
+    "spawn-late": "a restart, its engine made, before its reader runs (_lane_link)",
 }
 
 
@@ -164,6 +165,8 @@ def install():
     _wrap(prober.Prober, "admin", "probe", is_async=True)
     _wrap(router.Router, "next_deadline", "tick")
     _wrap(runtime.Supervisor, "_accept", "accept", is_async=True)
+    _wrap(runtime.Supervisor, "_lane_link", "spawn-late",
+          lambda s, pid, *_: s.router.peers[pid].name if pid in s.router.peers else "")
 
 
 def _arming():
