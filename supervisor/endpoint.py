@@ -28,7 +28,7 @@ import stat
 import struct
 import time
 
-from capnp_schemas.text import quoted
+from capnp_schemas.text import printable, quoted
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
 #: Admin connections still sending their request, at once: a new one closes the
@@ -1509,9 +1509,9 @@ def admin_evictee(conns):
 
 def is_stop(line: bytes) -> bool:
     """Whether the request line asks the system to stop (which is never refused for
-    being one too many)."""
+    being one too many): a request parse_request takes whose op is stop."""
     try:
-        return decode(line).get("op") == "stop"
+        return parse_request(line)["op"] == "stop"
     except ValueError:
         return False
 
@@ -1529,31 +1529,137 @@ def request_line(body: dict) -> bytes:
     brackets) was told of a protocol error, not of its argument."""
     line = encode(body)
     try:
-        decode(line[:-1])
+        parse_request(line[:-1])        # the system's own parser: what it would refuse
     except ValueError as e:
         raise EndpointError(f"the {str(body.get('op'))[:20]} request cannot be sent: {e} "
                             f"({len(line) - 1} bytes; a system takes at most "
-                            f"{ADMIN_LINE_LIMIT}, and at most 64 brackets): an argument is "
-                            f"too long") from None
+                            f"{ADMIN_LINE_LIMIT}): an argument is too long") from None
     return line
 
 
+def _no_duplicates(pairs) -> dict:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            # json kept the last: {"op":"status","op":"stop"} was a stop to the system
+            # while a reader of its first key (a log, a proxy) saw a status
+            raise ValueError(f"the key {key[:100]!r} is given twice")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is no JSON number")
+
+
 def decode(line: bytes, answer: bool = False) -> dict:
-    """One request line (small: a flat JSON object of strings, numbers, booleans
-    and null), or with `answer` one answer line (a status holds an object per
-    compartment); ValueError, whatever the line."""
+    """One JSON object from an admin line: a request (parse_request validates its
+    shape), or with `answer` one answer line (a status holds an object per
+    compartment); ValueError naming why, whatever the line: not UTF-8, not JSON (or
+    nested past the interpreter's recursion limit), NaN or Infinity, a key given
+    twice, not an object."""
     if answer:
         if len(line) > ADMIN_ANSWER_LIMIT:
             raise ValueError("not an answer: too long")
-    elif len(line) > ADMIN_LINE_LIMIT or line.count(b"[") + line.count(b"{") > 64:
-        raise ValueError("not a request: too long or nested too deeply")
+    elif len(line) > ADMIN_LINE_LIMIT:
+        raise ValueError("not a request: too long")
     try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        obj = json.loads(line.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"not JSON: {e}") from None
+    except ValueError as e:     # a key twice, NaN, an integer of more than 4300 digits
+        raise ValueError(f"not JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
+
+
+#: the shape of every admin request: its op, and each key it may have with the type
+#: of its value and whether it must be there ("op" and "system", text, always).  A
+#: request is taken only as parse_request gives it: its op was once found by the
+#: substring "trace" in the raw line, and {"op":"\u0074race"} (a trace) was
+#: answered "unknown request" (r268)
+REQUESTS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "status": {},
+    "stop": {},
+    "socket": {},
+    "revoke": {"grant": ((str,), True)},
+    "probe": {"compartment": ((str,), True), "action": ((str,), True),
+              "name": ((str,), False), "point": ((str,), False),
+              "functions": ((str,), False), "events": ((bool,), False)},
+    "trace": {"seconds": ((int, float), True), "compartments": ((str,), False),
+              "functions": ((str,), False)},
+}
+
+_TYPE_NAMES = {str: "text", bool: "true or false", int: "a number", float: "a number"}
+
+
+def _kind_of(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def request_problem(req: dict) -> str | None:
+    """Why the decoded request `req` is not one of REQUESTS (pure), naming the key;
+    or None."""
+    op = req.get("op")
+    if not isinstance(op, str):
+        return f"op: {'missing' if 'op' not in req else 'text, not ' + _kind_of(op)}" \
+               f" (one of {', '.join(REQUESTS)})"
+    if op not in REQUESTS:
+        return f"unknown request {op[:100]!r} (one of {', '.join(REQUESTS)})"
+    shape = {"op": ((str,), True), "system": ((str,), True), **REQUESTS[op]}
+    for key in req:
+        if key not in shape:
+            return (f"{op}: unknown key {key[:100]!r} (it takes "
+                    f"{', '.join(shape)})")
+    for key, (types, needed) in shape.items():
+        if key not in req:
+            if needed:
+                return f"{op}: {key} is missing"
+            continue
+        value = req[key]
+        # true is no number (bool is int's subclass), and "5" no number either
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return (f"{op}: {key}: {_TYPE_NAMES[types[0]]}, not {_kind_of(value)}")
+    return None
+
+
+class RequestShapeError(ValueError):
+    """A request line that is a JSON object, but of no shape REQUESTS gives."""
+
+
+def parse_request(line: bytes) -> dict:
+    """The one parser of an admin request line: decoded (decode) and of one of the
+    shapes REQUESTS gives, or ValueError naming why (the key, its type).  Every
+    decision on a request (a trace session or an answer, a stop served past the
+    limit) is taken on what this returns, never on the raw line."""
+    req = decode(line)
+    problem = request_problem(req)
+    if problem:
+        raise RequestShapeError(problem)
+    return req
+
+
+def take_request(line: bytes) -> tuple[dict | None, str | None]:
+    """(the request parse_request gives, None), or (None, the answer's error: why
+    the line is no request, naming the key)."""
+    try:
+        return parse_request(line), None
+    except RequestShapeError as e:          # an object: the key named
+        return None, str(e)
+    except ValueError as e:
+        return None, f"expected one JSON object on one line ({e})"
 
 
 def peer_problem(peer_uid: int, path: str, uid: int) -> str | None:

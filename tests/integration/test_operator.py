@@ -551,7 +551,8 @@ def test_an_admin_request_that_cannot_be_taken_is_told_why(running):
     answer = ask(request + b" " * (limit - len(request)) + b"\n")
     assert answer["ok"] is True and answer["status"]["compartments"], answer
     for line, why in ((b"\xff\xfe\n", "utf-8"), (b"[1]\n", "not a JSON object"),
-                      (b"{" * 65 + b"\n", "nested too deeply"), (b"{'a': 1}\n", "not JSON")):
+                      (b'{"op": ' + b"[" * 5000 + b"\n", "nested too deeply"),
+                      (b"{'a': 1}\n", "not JSON")):
         answer = ask(line)
         assert answer["ok"] is False and answer["error"].startswith(
             "expected one JSON object on one line (") and why in answer["error"], answer
@@ -590,6 +591,53 @@ def test_part_of_an_admin_request_then_silence_is_refused_naming_why_and_nothing
     assert r.returncode == 0 and "stopping" not in r.stdout, r.stdout + r.stderr
     assert run.proc.poll() is None
     assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
+
+
+def test_an_admin_request_is_decided_on_its_parsed_value_and_refused_naming_the_key(running):
+    """An outside review (r266, left to r268): the admin socket told a trace session
+    by the substring "trace" in the raw line, so {"op":"\\u0074race"} (valid JSON
+    meaning trace) was answered "unknown request"; and it took what json.loads kept:
+    of {"op":"status","op":"stop"} the last (the system stopped), of a key of the
+    wrong type, one it does not know or a number as text whatever followed.  Every
+    request is parsed once (endpoint.parse_request) and decided on that: the escaped
+    op is a trace; each other line is refused naming the key, nothing done."""
+    import socket
+    from supervisor import endpoint
+    run, path, _ = running
+    ident = endpoint.identity(path)
+
+    def ask(line: bytes) -> dict:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(endpoint.admin_socket_path(path))
+            s.sendall(line + b"\n")
+            return json.loads(s.makefile("rb").readline())
+    sys_ = json.dumps(ident)
+    first = ask(b'{"op":"\\u0074race","system":' + sys_.encode() + b',"seconds":1}')
+    assert first.get("ok") is True and first["compartments"] == ["calc", "spin", "app"], first
+    assert ask(b'{"op":"st\\u0061tus","system":' + sys_.encode() + b'}')["ok"] is True
+    for body, said in [
+            ('{"op":"status","op":"stop","system":%s}', "the key 'op' is given twice"),
+            ('{"op":"stop","system":%s,"system":"/elsewhere"}', "the key 'system' is given twice"),
+            ('{"op":"stop","system":%s,"force":true}', "stop: unknown key 'force' (it takes op, system)"),
+            ('{"op":["stop"],"system":%s}', "op: text, not a list"),
+            ('{"op":"revoke","system":%s,"grant":["app.calc"]}', "revoke: grant: text, not a list"),
+            ('{"op":"revoke","system":%s}', "revoke: grant is missing"),
+            ('{"op":"trace","system":%s,"seconds":"1"}', "trace: seconds: a number, not text"),
+            ('{"op":"trace","system":%s,"seconds":true}', "trace: seconds: a number, not true or false"),
+            ('{"op":"trace","system":%s,"seconds":NaN}', "NaN is no JSON number"),
+            ('{"op":"trace","system":%s,"seconds":' + "9" * 5000 + '}', "4300 digits"),
+            ('{"op":"probe","system":%s,"compartment":"calc","action":"add","name":"p",'
+             '"point":"calls","events":1}', "probe: events: true or false, not a number"),
+            ('[{"op":"stop","system":%s}]', "not a JSON object"),
+            ('{"system":%s}', "op: missing")]:
+        answer = ask((body % sys_).encode())
+        assert answer["ok"] is False and said in answer["error"], (body, answer)
+    # nothing of them was done: the system runs on, no probe was added
+    r = run_wsuper("status", path)
+    assert r.returncode == 0 and "stopping" not in r.stdout, r.stdout + r.stderr
+    assert run.proc.poll() is None
+    assert "probe p " not in run_wsuper("probe", path, "calc", "list").stdout
 
 
 def test_no_file_a_command_or_the_audit_writes_takes_a_name_the_runtime_directory_keeps(

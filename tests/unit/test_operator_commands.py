@@ -125,8 +125,8 @@ def test_admin_answers_show_a_name_from_the_request_escaped_once():
     def answers(name):
         out = [trio.run(Prober.admin, fake, {"compartment": name, "action": "list"}),
                trio.run(Prober.admin, fake, {"compartment": "calc", "action": name}),
-               trio.run(Supervisor._admin_answer, fake, json.dumps(
-                   {"system": "/s.toml", "op": name}).encode())]
+               trio.run(Supervisor._admin_answer, fake, *endpoint.take_request(json.dumps(
+                   {"system": "/s.toml", "op": name}).encode()))]
         trio.run(Prober.trace, fake, Stream(), {"seconds": 1, "compartments": name})
         out.append(sent.pop())
         return [a["error"] for a in out]
@@ -435,16 +435,16 @@ def test_a_request_the_system_would_not_take_is_refused_naming_the_argument(
     t = threading.Thread(target=serve)
     t.start()
     try:
-        for args in (["revoke", system, "app." + "x" * 70000],
-                     ["revoke", system, "app." + "[" * 65],
-                     ["probe", system, "app", "add", "p", "--point", "functions",
-                      "--functions", "f[" * 65]):
-            assert cli.main(args) == 1
-            err = capsys.readouterr().err
-            assert "an argument is too long" in err and "JSON" not in err, err
+        assert cli.main(["revoke", system, "app." + "x" * 70000]) == 1
+        err = capsys.readouterr().err
+        assert "an argument is too long" in err and "JSON" not in err, err
         assert got == []                 # nothing was sent
-        assert cli.main(["revoke", system, "app.x"]) == 1
-        assert "no revocable grant" in capsys.readouterr().err and len(got) == 1
+        # brackets inside text are text: the system decides on the parsed request
+        # (endpoint.parse_request), which no longer counts them in the raw line (r268)
+        for args in (["revoke", system, "app.x"], ["revoke", system, "app." + "[" * 65]):
+            assert cli.main(args) == 1
+            assert "no revocable grant" in capsys.readouterr().err
+        assert len(got) == 2
     finally:
         done.set()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
