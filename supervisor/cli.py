@@ -460,17 +460,6 @@ def _planted(option: str, output: str) -> str | None:
     return None
 
 
-def made_anew(existed: bool):
-    """open()'s `opener` for a file a command writes at a path it was given, once
-    `overwrites` (_planted) has looked at it: one that `existed` then is opened as
-    it is; else it is made here, never through a link another planted since the
-    look, nor over a file that appeared meanwhile (O_EXCL | O_NOFOLLOW)."""
-    import os
-    if existed:
-        return None
-    return lambda path, flags: os.open(path, flags | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-
-
 def overwrites(option: str, output: str, system_path: str) -> str | None:
     """Why the file `output` that a command writes (`check --graph`, `trace -o`)
     may not be written: it is one of the system's own files (policy.files_of: the
@@ -483,16 +472,10 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
 
     from capnp_schemas.text import quoted
 
-    from . import endpoint, logs, policy
-    problem = _planted(option, output)
+    from . import logs, outfile, policy
+    problem = outfile.refused(option, output)   # what no output may be (build -o too)
     if problem:
         return problem
-    if endpoint.kept_name(output):
-        # `trace S -o` the running system's lock, or the grants file beside it, wrote
-        # the trace over them ("wrote ..."), as over another system's (r266)
-        return (f"{option} {quoted(output)} has the name of a system's own socket, admin "
-                f"socket or lock, or of the grants file beside its lock, in the runtime "
-                f"directory ({endpoint.KEPT_NAMES}): not writing there; name another file")
     try:
         policy.read_alone(system_path)
     except policy.PolicyError as e:
@@ -572,9 +555,6 @@ def _check(plan, args) -> int:
     if problem:
         _error(problem)
         return 2
-    # made if nothing was there when overwrites looked: a link planted since is not
-    # followed (cli._planted)
-    graph_existed = bool(args.graph) and os.path.lexists(args.graph)
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "
               "instead")
@@ -598,17 +578,30 @@ def _check(plan, args) -> int:
         print(printable(f"could reach {target}: {', '.join(names) or 'nobody'}"))
         print(f"  ({printable(why)})")
     if args.graph:
+        from . import outfile
         text = authority.dot(plan)
-        if args.graph.endswith(".svg"):
-            done = subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
-                                  stderr=subprocess.PIPE)
-            if done.returncode:
-                _error(f"--graph: dot could not write {args.graph}: "
-                       f"{done.stderr.strip()[:500]}")
-                return 1
-        else:
-            with open(args.graph, "w", encoding="utf-8", opener=made_anew(graph_existed)) as f:
-                f.write(text)
+        # whole or not at all: written beside it and renamed over it at the end (a
+        # failure left a half-written graph, or none where one was: r268)
+        try:
+            with outfile.replacing("--graph", args.graph) as out:
+                if args.graph.endswith(".svg"):
+                    done = subprocess.run(["dot", "-Tsvg"], input=text, text=True,
+                                          stdout=out.fd, stderr=subprocess.PIPE)
+                    if done.returncode:
+                        _error(f"--graph: dot could not write {args.graph}: "
+                               f"{done.stderr.strip()[:500]}")
+                        return 1
+                else:
+                    data = memoryview(text.encode())
+                    while data:
+                        data = data[os.write(out.fd, data):]
+                out.done = True
+        except outfile.OutputError as e:
+            _error(str(e))
+            return 1
+        except OSError as e:
+            _error(f"--graph {quoted(args.graph)}: cannot write the graph: {e.strerror or e}")
+            return 1
         print(f"wrote {quoted(args.graph)}")
     return 0
 
@@ -704,12 +697,39 @@ def _schema_files(schemas) -> list[str]:
     return files
 
 
+def _build(args, output: str, include: list) -> str:
+    """Build args.sources into `output`; its kind, "command" or "reactor"."""
+    from . import toolchain
+    reactor = args.reactor
+    if reactor is None:
+        texts = []
+        for src in args.sources:
+            with open(src, encoding="utf-8", errors="replace") as f:
+                texts.append(f.read())
+        # a first guess from the text; the linker has the last word either way
+        if toolchain.mentions_main(texts):    # a program, unless the linker
+            try:                                # finds no main: then it serves
+                toolchain.build(args.sources, output, reactor=False,
+                                include=include, guessed=True)
+                return "command"
+            except toolchain.NoMain:
+                pass
+        try:                # a reactor, unless its inputs define main after all
+            toolchain.build(args.sources, output, reactor=True, include=include,
+                            guessed=True)
+            return "reactor"
+        except toolchain.DefinesMain:
+            reactor = False
+    toolchain.build(args.sources, output, reactor=reactor, include=include)
+    return "reactor" if reactor else "command"
+
+
 def _toolchain(args) -> int:
     import os
 
     from capnp_schemas.text import quoted
 
-    from . import bindgen, toolchain
+    from . import bindgen, outfile, toolchain
     try:
         if args.command == "bindgen":
             for path in bindgen.generate_all(args.schemas, args.output):
@@ -723,33 +743,18 @@ def _toolchain(args) -> int:
             bindgen.generate_all(args.schema, gen_dir)
             include.insert(0, gen_dir)
         toolchain.check_sources(args.sources)
-        reactor = args.reactor
-        if reactor is None:
-            texts = []
-            for src in args.sources:
-                with open(src, encoding="utf-8", errors="replace") as f:
-                    texts.append(f.read())
-            # a first guess from the text; the linker has the last word either way
-            if toolchain.mentions_main(texts):    # a program, unless the linker
-                try:                                # finds no main: then it serves
-                    toolchain.build(args.sources, args.output, reactor=False,
-                                    include=include, guessed=True)
-                    print(f"wrote {quoted(args.output)} (command)")
-                    return 0
-                except toolchain.NoMain:
-                    pass
-            try:                # a reactor, unless its inputs define main after all
-                toolchain.build(args.sources, args.output, reactor=True, include=include,
-                                guessed=True)
-                reactor = True
-            except toolchain.DefinesMain:
-                reactor = False
-            else:
-                print(f"wrote {quoted(args.output)} (reactor)")
-                return 0
-        toolchain.build(args.sources, args.output, reactor=reactor, include=include)
-        print(f"wrote {quoted(args.output)} ({'reactor' if reactor else 'command'})")
+        # built into a file of its own beside -o, renamed over it once whole: a build
+        # that failed (or was interrupted) after a first link left a module that was
+        # not the one asked for, or none where one was; and -o took a name the
+        # runtime directory keeps (r268: outfile.refused, as trace -o and --graph)
+        with outfile.replacing("-o", args.output, stream=False, make_folder=True) as out:
+            kind = _build(args, out.path, include)
+            out.done = True
+        print(f"wrote {quoted(args.output)} ({kind})")
         return 0
+    except outfile.OutputError as e:
+        _error(str(e))
+        return 2
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
         from capnp_schemas.text import printable
 

@@ -185,41 +185,26 @@ def trace_command(args) -> int:
         if unknown:
             _error(unknown)
             return 1
-    from .cli import made_anew, overwrites
+    from .cli import overwrites
     problem = overwrites("-o", args.output, args.system)
     if problem:
         _error(problem)
         return 2
-    existed = os.path.lexists(args.output)
-    try:                  # before the trace: a path that cannot be written loses nothing
-        # emptied only once it succeeds; made here if nothing was there (cli._planted
-        # looked): a link another planted since is not followed
-        out = open(args.output, "a", encoding="utf-8", opener=made_anew(existed))
-    except OSError as e:
-        _error(f"-o {args.output}: {e.strerror}")
-        return 1
-    code, wrote = 1, False
+    from . import outfile
+    code = 1
     try:
-        with _stops_as_interrupts():
-            code = _trace(args, body, out)
-            # a pipe has no place to tell (-o /dev/stdout | jq: "underlying stream
-            # is not seekable", exit 1, after the trace was written)
-            try:
-                wrote = out.tell() > 0 if out.seekable() else True
-            except OSError:      # its flush failed again (a full disk): said by _trace
-                wrote = True
-    finally:
-        try:
-            out.close()
-        except OSError as e:     # a failed write is said once (_trace), exit 1
-            if not code:
-                _error(f"-o {args.output}: cannot write the trace: {e.strerror or e}")
-            code = code or 1
-    if code and not existed and not wrote:     # a trace cut short keeps what came
-        try:
-            os.unlink(args.output)
-        except OSError:
-            pass
+        # before the trace: a path that cannot be written loses nothing.  Whole or not
+        # at all: the trace goes into a file of its own beside it, renamed over it at
+        # the end; a write that failed left the file that was there empty (r266: its
+        # old content lost, r268).  A FIFO no process reads is refused at once (open()
+        # waited for a reader before the system was asked anything)
+        with outfile.replacing("-o", args.output) as o:
+            with open(o.fd, "a", encoding="utf-8", closefd=False) as out:
+                with _stops_as_interrupts():
+                    code = _trace(args, body, out, o)
+    except outfile.OutputError as e:
+        _error(str(e))
+        return 1
     return code
 
 
@@ -309,7 +294,9 @@ def _write_all(f, chunks, piece: int = 1 << 20):
         put("".join(pending).encode())
 
 
-def _trace(args, body: dict, f) -> int:
+def _trace(args, body: dict, f, o) -> int:
+    """The session, its events written to `f` (`o`: outfile.Output, done once the
+    trace is written whole, what came before an interruption too)."""
     events, dropped, meta, done, interrupted = [], 0, {}, False, None
     kept_out = 0                  # events past MAX_TRACE_EVENTS: counted as dropped
     try:
@@ -367,20 +354,14 @@ def _trace(args, body: dict, f) -> int:
             else:
                 _write_all(f, json.JSONEncoder().iterencode(
                     trace.chrome(events, {**meta, "dropped": dropped})))
+            o.done = True
     except KeyboardInterrupt as e:
         interrupted = interrupted or _signal_of(e)
     except OSError as e:       # a full disk: said naming the file, not "[Errno 28] ..."
         _error(f"-o {args.output}: cannot write the trace: {e.strerror or e}")
-        if regular:
-            # what was written of it is no trace (JSON cut short): a full disk left
-            # the file holding the part that fitted, as if it were the trace (an
-            # outside review, r266); emptied, a file made for it is removed
-            # (trace_command), one that was there is left empty
-            try:
-                os.ftruncate(f.fileno(), 0)
-                os.lseek(f.fileno(), 0, os.SEEK_SET)
-            except OSError:
-                pass
+        # what was written of it is no trace (JSON cut short): a full disk left the
+        # file holding the part that fitted, as if it were the trace (r266); not done,
+        # the file of its own is removed, the one that was there kept (outfile)
         return 1
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     # on stderr when the trace itself goes to stdout (-o /dev/stdout): said on stdout,

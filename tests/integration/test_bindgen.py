@@ -1651,3 +1651,36 @@ def test_two_schemas_with_a_struct_of_one_name_say_so_in_one_c_file(tmp_path):
     for one in ("a", "b"):
         assert _compile(tmp_path / one, {one: a if one == "a" else b},
                         f'#include "{one}.h"\nint main(void) {{ return 0; }}\n') == ""
+
+
+def test_build_output_is_written_whole_or_not_at_all_and_never_at_a_kept_name(tmp_path):
+    """An outside review (r266, left to r268): `build -o` did not check the names the
+    runtime directory keeps (endpoint.kept_name), which `trace -o` and `check
+    --graph` refuse: `build p.c -o $XDG_RUNTIME_DIR/wsuper/x-0123abcd.lock` linked
+    a module over a system's lock.  Every output goes through one helper
+    (outfile.replacing): the kept name is refused, exit 2, nothing made; a build
+    that fails leaves the file there as it was and nothing beside it; one that
+    succeeds replaces it keeping its mode."""
+    from supervisor import endpoint
+    run = tmp_path / "run"
+    (run / "wsuper").mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "bad.c").write_text("int main(void) { return nope; }\n")
+    for name in ("x-0123abcd.lock", "x-0123abcd.lock.grants", "x-0123abcd.sock"):
+        out = run / "wsuper" / name
+        r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(out), env=env)
+        assert r.returncode == 2 and "has the name of a system's own socket" in r.stderr \
+            and endpoint.KEPT_NAMES in r.stderr, r.stderr
+        assert os.listdir(run / "wsuper") == []
+    out = tmp_path / "p.wasm"
+    out.write_bytes(b"an older module")
+    os.chmod(out, 0o750)
+    r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(out), env=env)
+    assert r.returncode == 2 and "nope" in r.stderr, r.stderr
+    assert out.read_bytes() == b"an older module"
+    assert sorted(os.listdir(tmp_path)) == ["bad.c", "p.c", "p.wasm", "run"]
+    r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(out), env=env)
+    assert r.returncode == 0 and r.stdout == f"wrote {out} (command)\n", r.stdout + r.stderr
+    assert out.read_bytes()[:4] == b"\0asm" and (out.stat().st_mode & 0o7777) == 0o750
+    assert sorted(os.listdir(tmp_path)) == ["bad.c", "p.c", "p.wasm", "run"]

@@ -4,6 +4,7 @@ for an analysis compartment; real engines, real rewritten modules, real C."""
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -426,7 +427,9 @@ def test_a_trace_file_a_write_fails_into_is_left_with_no_part_of_the_trace(tmp_p
     disk; here the file-size limit, RLIMIT_FSIZE, which fails a write the same way)
     was said ("cannot write the trace: ...", exit 1) but the file kept the part that
     fitted: JSON cut short, where a trace is looked for.  A file the trace made is
-    removed; one that was there is left empty (its old trace was replaced)."""
+    removed; one that was there was left empty, its old trace lost (r268): it is
+    kept as it was, its mode too (the trace is written beside it and renamed over
+    it only once whole: outfile.replacing), and nothing is left beside it."""
     import resource
     import signal
     import subprocess
@@ -448,6 +451,7 @@ def test_a_trace_file_a_write_fails_into_is_left_with_no_part_of_the_trace(tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past it fails, EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
     (tmp_path / "old.json").write_text("an older trace\n")
+    os.chmod(tmp_path / "old.json", 0o640)
     for name in ("new.json", "old.json"):
         out = tmp_path / name
         at = len(run.lines)
@@ -463,7 +467,55 @@ def test_a_trace_file_a_write_fails_into_is_left_with_no_part_of_the_trace(tmp_p
         if name == "new.json":
             assert not out.exists()
         else:
-            assert out.read_bytes() == b""
+            assert out.read_bytes() == b"an older trace\n"
+            assert stat.S_IMODE(out.stat().st_mode) == 0o640
+        assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    # written whole, it replaces the old trace, keeping the old file's mode
+    at = len(run.lines)
+    trace = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                              "--seconds", "2", "-o", str(tmp_path / "old.json")], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.wait_for("probe added: calc.trace-", start=at)
+    external_client(f"{tmp_path}/f.sock", calls)
+    stdout, stderr = trace.communicate(timeout=60)
+    assert trace.returncode == 0, (stdout, stderr)
+    assert json.loads((tmp_path / "old.json").read_text())["traceEvents"]
+    assert stat.S_IMODE((tmp_path / "old.json").stat().st_mode) == 0o640
+
+
+def test_a_trace_into_a_fifo_no_process_reads_is_refused_at_once(tmp_path, wsuper):
+    """An outside review (r266, left to r268): `wsuper trace S -o FIFO` with no reader
+    blocked in open() before it asked the system anything, for as long as nobody
+    read.  The FIFO is opened without waiting: refused at once naming it, exit 1;
+    with a reader, the trace goes into it (a pipe is written as it is)."""
+    import subprocess
+    import sys
+    system = tmp_path / "fifo.toml"
+    system.write_text(CALC)
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    fifo = tmp_path / "t.fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                        "--seconds", "1", "-o", str(fifo)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == (
+        f"wsuper: error: -o {fifo} is a FIFO that no process reads (start its reader "
+        f"first): nothing was written\n"), r.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)       # a reader, there first
+    try:
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                            "--seconds", "1", "-o", str(fifo)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        data = b""
+        while chunk := os.read(reader, 1 << 16):
+            data += chunk
+        assert "traceEvents" in json.loads(data)
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):

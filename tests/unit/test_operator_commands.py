@@ -796,3 +796,43 @@ def test_a_stop_knows_the_up_it_asked_from_a_new_one_only_when_both_pids_are_kno
     assert not another_holds(100, None)           # its holder cannot be told yet
     for asked in (None, True, 0, -1, "100"):      # no pid (or a nonsense one) answered
         assert not another_holds(asked, 200)
+
+
+def test_a_graph_that_cannot_be_written_whole_leaves_the_old_one(tmp_path):
+    """An outside review (r266, left to r268): `check --graph FILE` opened FILE to
+    write ("w"), emptying it, and a write that then failed (a full disk; here the
+    file-size limit, which fails it the same way) left the part that fitted, the
+    old graph lost.  The graph is written beside it and renamed over it once whole
+    (outfile.replacing): the old file is kept as it was, nothing left beside it;
+    a FIFO no process reads is refused at once, not waited on."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    (tmp_path / "s.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    path = str(tmp_path / "s.toml")
+    graph = tmp_path / "g.dot"
+    graph.write_text("an older graph\n")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past it fails, EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40, 40))
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", path, "--graph",
+                        str(graph)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       preexec_fn=small_files)
+    assert r.returncode == 1 and r.stderr.endswith(
+        f"wsuper: error: --graph {graph}: cannot write the graph: File too large\n"), r.stderr
+    assert graph.read_text() == "an older graph\n"
+    assert sorted(os.listdir(tmp_path)) == ["g.dot", "m.wat", "s.toml"]
+    fifo = tmp_path / "g.fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", path, "--graph",
+                        str(fifo)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "is a FIFO that no process reads" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", path, "--graph",
+                        str(graph)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and graph.read_text().startswith("digraph"), r.stderr
