@@ -35,6 +35,7 @@ import attrs
 from capnp_schemas import hosted, protocol, wire
 from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
+from capnp_schemas.text import printable
 from capnp_schemas.text import bounded as _bounded, first_line as _first_line, listed
 from compartments import abi
 from compartments.limits import Limits
@@ -2390,6 +2391,11 @@ class Router:
         # a refusal for good is E_DENIED to a guest; a rate limit stays E_OVERLOADED
         reason = abi.DENIED_PREFIX + e.reason if isinstance(e, Denial) and e.type == "failed" \
             else e.reason
+        if peer.kind == "external":
+            # a guest's reason as the supervisor shows guest text (escaped): a client
+            # reading Text as a C string (pycapnp's exception: `wsuper call`) cut it at
+            # its first NUL, and every control character reached its terminal (r268)
+            reason = printable(reason)
         self.emit(fx.Send(peer.id, peer.conn.send_exception(     # cut at REASON_LIMIT there
             answer_id, reason, e.type, no_finish=peer.kind == "engine")))
         calls = self._take_pipelined(peer, answer_id)

@@ -1878,3 +1878,26 @@ def test_a_system_stopping_is_shown_stopping_and_a_second_stop_joins_the_first(t
     assert second.returncode == 0 and second.stdout == f"wsuper: stopped {system}\n", \
         second.output
     assert sum("stopping (wsuper stop)" in line for line in run.lines) == 1, run.lines
+
+
+def test_call_shows_a_guests_whole_failure_reason_escaped(tmp_path, wsuper):
+    """An outside review (r266, left to r268): `wsuper call` cut a guest's failure
+    reason at its first NUL (pycapnp reads the exception's text as a C string) and
+    at its first newline: "calc: before", the rest never shown.  The reason an
+    external caller gets is escaped as the supervisor shows guest text
+    (`printable`): the whole of it, one line, no control character raw."""
+    (tmp_path / "f.wat").write_text(
+        '(module (import "wsuper" "fail" (func $fail (param i32 i32) (result i32)))\n'
+        ' (memory (export "memory") 1)\n'
+        ' (data (i32.const 100) "before\\00after\\0aline2 \\1b[31mred")\n'
+        ' (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)\n'
+        '   (drop (call $fail (i32.const 100) (i32.const 27))) (i32.const 0)))\n')
+    path = tmp_path / "s.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{tmp_path}/ext.sock"\n[compartments.calc]\n'
+                    f'module = "f.wat"\nexports = "Calc"\nexternal = true\n')
+    run = wsuper("up", str(path))
+    run.wait_for("ready calc")
+    r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)")
+    assert r.returncode == 1 and r.stderr == (
+        "wsuper: error: calc.add: calc: before\\x00after\\nline2 \\x1b[31mred\n"), r.stderr
