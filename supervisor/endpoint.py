@@ -28,7 +28,7 @@ import stat
 import struct
 import time
 
-from capnp_schemas.text import printable, quoted
+from capnp_schemas.text import quoted
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
 #: Admin connections still sending their request, at once: a new one closes the

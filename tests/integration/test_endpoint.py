@@ -854,13 +854,21 @@ import trio
 from supervisor import runtime
 from supervisor.cli import main
 
-async def expire(self):
-    # an internal error of one of the supervisor's own tasks, once the system serves
-    while not self._ready_at:
-        await trio.sleep(0.01)
-    self.say("the last line before the error")
-    raise RuntimeError("an internal error, injected")
-runtime.Supervisor._expire_calls = expire
+hear = runtime.Supervisor._run_zygote
+
+async def run_zygote(self):
+    # an internal error, once the system serves, in the task the system cannot go on
+    # without (the one that hears the zygote, which starts every engine): it stops
+    # the system, exit 1.  (A task's fault elsewhere cuts off only what it served,
+    # or is carried on: Supervisor._bounded; this test raised it in _expire_calls,
+    # which ended the supervisor then.)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hear, self)
+        while not self._ready_at:
+            await trio.sleep(0.01)
+        self.say("the last line before the error")
+        raise RuntimeError("an internal error, injected")
+runtime.Supervisor._run_zygote = run_zygote
 sys.exit(main(["up", sys.argv[1]]))
 """
 
@@ -870,7 +878,8 @@ def test_every_run_the_audit_says_started_it_says_stopped(tmp_path, xdg, how):
     """An outside review of the audit's ends (r251): `run stopped` is each run's
     last record, on every way `up` ends once it has written `run started`.
     Refused as it bound the external socket (another program listens there: exit
-    2), and ended by an error of its own (a traceback), the audit kept `run
+    2), and ended by an error of its own (a traceback then; now a fault in a task
+    the system cannot go on without, which stops it, exit 1), the audit kept `run
     started` alone: a run that never said it stopped, as if still going or killed."""
     import socket
     sock, audit = tmp_path / "ext.sock", tmp_path / "audit.jsonl"
