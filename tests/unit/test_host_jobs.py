@@ -34,6 +34,9 @@ class Sup:
     _io_notify = staticmethod(runtime.Supervisor._io_notify)
     _io_answered = runtime.Supervisor._io_answered
     _io_failed = runtime.Supervisor._io_failed
+    _task = runtime.Supervisor._task              # each task behind its boundary
+    _bounded = runtime.Supervisor._bounded
+    _task_fault = runtime.Supervisor._task_fault
     _turns = None
 
     def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
@@ -44,6 +47,10 @@ class Sup:
                                           "host_call_expired": staticmethod(expired),
                                           "host_call_revoking": staticmethod(lambda token: False)})()
         self.done = {}
+        self.said = []              # lines a task's fault said (none expected)
+
+    def say(self, text, compartment=None):
+        self.said.append(text)
 
     def _host_done(self, token, outcome, owner="", caller=""):
         self.done[token] = outcome
@@ -724,6 +731,7 @@ def test_revoke_answers_once_the_revoked_directory_is_closed_in_the_supervisor()
         _release = runtime.Supervisor._release
         _release_in_thread = runtime.Supervisor._release_in_thread
         _release_limiter = trio.CapacityLimiter(4)
+        _task, _bounded, _task_fault, say = Sup._task, Sup._bounded, Sup._task_fault, Sup.say
 
         def _uncount(self, served):
             pass
