@@ -22,7 +22,11 @@ leads to is replaced, the link kept.
 A FIFO, a terminal or another device (`-o /dev/stdout | jq`, `/dev/null`) is
 written as it is, never renamed over: opened without waiting (O_NONBLOCK), so a
 FIFO that no process reads is refused at once, naming it, where open() waited
-for a reader before the command had asked the system anything (r268).
+for a reader before the command had asked the system anything (r268).  So is
+one of the command's own descriptors (`/dev/stdout`, `/dev/fd/N`,
+`/proc/self/fd/N`), whatever file is behind it, written where and as its
+opener chose (`> t.json`, `>> log`): taken as a path, the file behind it was
+replaced, `>> log` losing the log.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import stat
 import tempfile
 
@@ -96,6 +101,19 @@ def _stream(option: str, output: str, st, follow: bool) -> int:
     return fd
 
 
+#: a name of one of this process's open descriptors: /dev/fd/N, /proc/self/fd/N
+_OWN_FD = re.compile(r"/(?:dev/fd|proc/self/fd)/([0-9]{1,9})")
+
+
+def own_descriptor(output: str) -> int | None:
+    """The descriptor `output` names among this process's own (`/dev/stdout`,
+    `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N`), or None."""
+    if output in ("/dev/stdout", "/dev/stderr"):
+        return 1 if output == "/dev/stdout" else 2
+    m = _OWN_FD.fullmatch(output)
+    return int(m.group(1)) if m else None
+
+
 @contextlib.contextmanager
 def replacing(option: str, output: str, *, stream: bool = True, make_folder: bool = False):
     """Write `output` (the command's `option`) through an Output: refused (OutputError)
@@ -103,6 +121,24 @@ def replacing(option: str, output: str, *, stream: bool = True, make_folder: boo
     if the block set `done` and raised nothing, else removed, `output` as it was.
     `stream`: a FIFO or a device at `output` is written as it is (else refused);
     `make_folder`: its directory is made if missing (`build -o`)."""
+    n = own_descriptor(output) if stream else None
+    if n is not None:
+        # the command's own stdout (or another descriptor it was given): written as it
+        # is, where and as its opener chose (`> t.json`, `>> log`, a pipe).  Taken as a
+        # path, the file behind it was replaced by a new one: the command's own output
+        # (its "wrote" line) went to the file unlinked, and `>> log` lost the log
+        try:
+            fd = fcntl.fcntl(n, fcntl.F_DUPFD_CLOEXEC, 3)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OutputError(f"{option} {quoted(output)} is a directory: name a file")
+        except OSError as e:
+            raise OutputError(f"{option} {quoted(output)}: {e.strerror}") from None
+        try:
+            yield Output(fd, None)
+        finally:
+            os.close(fd)
+        return
     # what is there is looked at once, before `refused`: a link only followed if it
     # was there then (refused looked at its owner); a name with nothing there is
     # replaced, never followed (a link another planted since the look: r227)

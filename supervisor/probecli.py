@@ -342,9 +342,9 @@ def _trace(args, body: dict, f, o) -> int:
             # Ctrl-C (SIGTERM, SIGHUP) here, once the file was emptied, left it cut
             # short: no JSON, and the file it replaced (a trace of an earlier run) gone
             # with what came.  It is taken once the file is whole.
-            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-            if regular:
-                f.seek(0)
+            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode) and not o.streaming
+            if regular:          # (a file of its own; one given as a descriptor is not
+                f.seek(0)        # emptied: `-o /dev/stdout >> log` keeps the log)
                 f.truncate()
             # else a pipe, a FIFO, a terminal (-o /dev/stdout | jq): written as it
             # is.  Its seek failed ("underlying stream is not seekable", exit 1),

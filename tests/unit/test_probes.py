@@ -1177,6 +1177,20 @@ def test_a_trace_written_to_a_pipe_or_to_stdout_is_whole_and_alone(tmp_path, mon
     lines = out.read_text().splitlines()
     assert lines and all(json.loads(line) for line in lines), lines
     assert "wsuper: wrote" in capsys.readouterr().err
+    # ... appended to (`-o /dev/stdout >> log`): the log is kept, the trace after it
+    # (r268's whole-or-nothing file replaced the file behind the descriptor: the log
+    # lost, and the "wrote" line gone to the file unlinked)
+    log = tmp_path / "log"
+    log.write_text("kept\n")
+    with open(log, "a") as stdout:
+        before, sys.stdout = sys.stdout, stdout
+        try:
+            assert trace_to(f"/proc/self/fd/{stdout.fileno()}", "jsonl") == 0
+        finally:
+            sys.stdout = before
+    first, *lines = log.read_text().splitlines()
+    assert first == "kept" and lines and all(json.loads(line) for line in lines), lines
+    assert "wsuper: wrote" in capsys.readouterr().err
     if os.path.exists("/dev/full"):
         assert trace_to("/dev/full") == 1
         err = capsys.readouterr().err
