@@ -1507,13 +1507,10 @@ def admin_evictee(conns):
     return None if best is None else best[0]
 
 
-def is_stop(line: bytes) -> bool:
-    """Whether the request line asks the system to stop (which is never refused for
-    being one too many): a request parse_request takes whose op is stop."""
-    try:
-        return parse_request(line)["op"] == "stop"
-    except ValueError:
-        return False
+def never_busy(req: dict | None) -> bool:
+    """Whether a request (what take_request gave: None for a line it refused) is one
+    the admin socket answers however many others it is answering: a stop."""
+    return req is not None and req["op"] == "stop"
 
 
 def encode(obj: dict) -> bytes:

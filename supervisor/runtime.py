@@ -3312,7 +3312,7 @@ class Supervisor:
         # was answered "unknown request"; r268)
         req, problem = endpoint.take_request(line)
         answering = sum(not c.reading for c in self._admin_conns) - 1
-        if answering >= endpoint.ADMIN_ANSWERING and (req is None or req["op"] != "stop"):
+        if answering >= endpoint.ADMIN_ANSWERING and not endpoint.never_busy(req):
             self.tell_once("max-admin", f"more than {endpoint.ADMIN_ANSWERING} admin "
                                         f"requests at once: refusing the others (not a stop)")
             self._admin_line_now(stream, self._admin_busy())

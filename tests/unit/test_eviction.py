@@ -28,12 +28,17 @@ def test_an_admin_connection_makes_room_by_closing_the_oldest_still_sending_its_
 
 
 def test_only_a_stop_request_is_one_the_admin_socket_never_refuses_for_being_too_many():
-    from supervisor.endpoint import is_stop
+    from supervisor.endpoint import never_busy, take_request
+
+    def is_stop(line):
+        return never_busy(take_request(line)[0])
     assert is_stop(b'{"op":"stop","system":"/x"}')
     assert not is_stop(b'{"op":"status","system":"/x"}')
     assert not is_stop(b'{"op":"stop"')                  # not JSON
     assert not is_stop(b"[" * 100 + b"]" * 100)          # nested too deeply
     assert not is_stop(b'{"op":["stop"]}')
+    assert not is_stop(b'{"op":"stop","op":"status","system":"/x"}')    # a key twice
+    assert not is_stop(b'{"op":"stop","system":"/x","then":"status"}')  # a key unknown
 
 
 class _FakeLink:
