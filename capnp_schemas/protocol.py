@@ -30,6 +30,9 @@ well-formed Call or Return that merely passes a per-message limit (more than
 MAX_CAPS_PER_MESSAGE capabilities, a pipeline transform past its bound) is not
 one: it fails that call or answer (CallReceived.over, a failed
 ReturnReceived), and the references it gave are released (RefsReleased).
+Nor is a call that comes while the peer holds too many answers unfinished
+(CallReceived.overloaded: a Cap'n Proto peer finishes a call only when its
+response is let go of), up to twice max_unfinished.
 """
 from __future__ import annotations
 
@@ -192,6 +195,9 @@ class BootstrapRequested:
     #: the Bootstrap named an object (deprecatedObjectId, Cap'n Proto 0.4's
     #: named exports): not the bootstrap capability the peer would get without it
     named: bool = False
+    #: the peer holds too many answers unfinished (Connection._overloaded), and this
+    #: says so: the owner refuses it `overloaded` with it
+    overloaded: str | None = None
 
 
 @attrs.define
@@ -216,6 +222,12 @@ class CallReceived:
     #: `over` (payload empty, references released), and the connection goes on.
     #: It was a protocol error, and the peer lost every call and capability it had.
     unsupported: str | None = None
+    #: the peer holds too many answers it has not finished (max_unfinished,
+    #: max_kept_bytes: Connection._overloaded), and this says so: the owner fails
+    #: the call `overloaded` with it, as `over` (payload empty, references
+    #: released), and the connection goes on.  It was a protocol error, and a
+    #: conforming client keeping its results lost every call and capability.
+    overloaded: str | None = None
 
 
 @attrs.define
@@ -453,7 +465,10 @@ class Connection:
         try:
             # its checks, before any change; the limits it checks do not change as
             # answers open (the answers returned and not finished, the bytes they
-            # keep), so that the first passing them, all do
+            # keep), so that the first passing them, all do (past them, receive()
+            # refuses each, or says what is wrong)
+            if self._overloaded() is not None:
+                return None
             self._new_answer(calls[0][0])
         except ProtocolError:
             return None
@@ -533,8 +548,9 @@ class Connection:
         elif which == rpcwire.MSG_RELEASE:
             self._on_release(m.id, m.count, events)
         elif which == rpcwire.MSG_BOOTSTRAP:
+            overloaded = self._overloaded()
             self._new_answer(m.id)
-            events.append(BootstrapRequested(m.id, m.named))
+            events.append(BootstrapRequested(m.id, m.named, overloaded))
         elif which == rpcwire.MSG_ABORT:
             self.closed = "aborted by peer"
             events.append(AbortReceived(bounded(m.reason, KEPT_REASON_LIMIT)))
@@ -620,20 +636,37 @@ class Connection:
         else:
             self._on_return(segs, m, events)
 
-    def _new_answer(self, aid):
-        if aid in self.answers:
-            raise ProtocolError(f"question id {aid} is already in use")
+    def _overloaded(self) -> str | None:
+        """Why the peer's next Call or Bootstrap is refused (`overloaded`), or None:
+        it holds max_unfinished answers returned and not finished, or answers
+        that keep more than max_kept_bytes.  A conforming peer may: Cap'n Proto's
+        C++ RPC sends a Finish only once the response is let go of, and a pycapnp
+        client that kept 4096 results (in a list, to read later) was cut off,
+        every call and capability of its lost.  The refusal is an exception,
+        which such a peer finishes at once; the refusals count too, and a peer
+        that finishes not even those is cut off at twice max_unfinished."""
         unfinished = self._unfinished
         if self.native is not None:          # one count: the native path's answers too
             unfinished += self.native.unfinished()
+        if unfinished < self.max_unfinished and self._kept <= self.max_kept_bytes:
+            return None
+        if unfinished >= 2 * self.max_unfinished:
+            raise ProtocolError(
+                f"{unfinished} answers were returned and never finished, refusals of "
+                f"calls past max_unfinished = {self.max_unfinished} among them "
+                f"(limit twice that): send Finish for them")
         if unfinished >= self.max_unfinished:
-            raise ProtocolError(
-                f"{unfinished} answers were returned and never finished "
-                f"(limit max_unfinished = {self.max_unfinished}): send Finish for them")
-        if self._kept > self.max_kept_bytes:
-            raise ProtocolError(
-                f"answers it has not finished hold {self._kept} bytes (limit "
-                f"{self.max_kept_bytes}): send Finish for them")
+            return (f"{unfinished} answers were returned to {self.name} and not finished "
+                    f"(limit max_unfinished = {self.max_unfinished}): no more calls until "
+                    f"it finishes some (lets go of results it holds)")
+        return (f"answers returned to {self.name} and not finished hold {self._kept} "
+                f"bytes (limit max_kept_bytes = {self.max_kept_bytes}): no more calls "
+                f"until it finishes some (lets go of results it holds)")
+
+    def _new_answer(self, aid):
+        """Open answer `aid` (its bounds are _overloaded's, asked first)."""
+        if aid in self.answers:
+            raise ProtocolError(f"question id {aid} is already in use")
         if self.native is not None and not self.native.open(aid):
             raise ProtocolError(f"question id {aid} is already in use")
         self._no_finish.pop(aid, None)
@@ -649,6 +682,18 @@ class Connection:
         else:
             target = self._promised(*m.promise)
         over = getattr(m, "over", None)
+        overloaded = self._overloaded()
+        if overloaded is not None and m.send_to in ("caller", "yourself"):
+            # refused as a call past a per-message limit is (below), for its reason
+            self._release_given(m.caps if over is not None else _refs_named(m.caps), events)
+            self._new_answer(m.id)
+            yourself = m.send_to == "yourself"
+            if yourself:
+                self.answers[m.id].elsewhere = True
+            events.append(CallReceived(m.id, target, m.interface_id, m.method_id,
+                                       Payload(EMPTY, ()), yourself, over,
+                                       overloaded=overloaded))
+            return
         if m.send_to != "caller" and m.send_to != "yourself":
             # results to a third party (level 3), or a member of a newer schema: not
             # this peer's to do, and the caller is told so for this call alone

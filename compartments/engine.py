@@ -1321,6 +1321,7 @@ class Engine:
         for it is _serve_call's."""
         if type(ev.target) is not LocalObject or ev.payload.caps or ev.elsewhere \
                 or ev.over is not None or ev.unsupported is not None \
+                or ev.overloaded is not None \
                 or not self._between_calls():
             return False
         a = self.conn.answers.get(ev.answer_id)
@@ -1620,7 +1621,10 @@ class Engine:
             self._on_call(ev)
             return
         try:
-            if isinstance(ev, protocol.BootstrapRequested):
+            if isinstance(ev, protocol.BootstrapRequested) and ev.overloaded is not None:
+                self._send(self.conn.send_exception(ev.answer_id, ev.overloaded, "overloaded",
+                                                    no_finish=True))
+            elif isinstance(ev, protocol.BootstrapRequested):
                 self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
                                                  [self.control]))
             elif isinstance(ev, protocol.Unhandled):
@@ -1662,6 +1666,10 @@ class Engine:
         if ev.over is not None:             # past a per-message limit: this call fails
             self._send(self.conn.send_exception(ev.answer_id, f"params refused: {ev.over}",
                                                 "failed", no_finish=True))
+            return
+        if ev.overloaded is not None:          # too many answers unfinished: this one fails
+            self._send(self.conn.send_exception(ev.answer_id, ev.overloaded, "overloaded",
+                                                no_finish=True))
             return
         if ev.target is self.control and ev.method_id == 1 \
                 and ev.interface_id == ENGINE_INTERFACE and self._deferred_run is None \

@@ -1148,7 +1148,10 @@ class Router:
             self._on_return(peer, ev)
         elif isinstance(ev, protocol.BootstrapRequested):
             peer.useful = self.clock()
-            if ev.named:
+            if ev.overloaded is not None:
+                self.emit(fx.Send(peer.id, peer.conn.send_exception(
+                    ev.answer_id, ev.overloaded, "overloaded")))
+            elif ev.named:
                 # rpc.capnp: deprecatedObjectId names which of several bootstrap
                 # objects to return; we have one, and it is not what was named
                 self.emit(fx.Send(peer.id, peer.conn.send_exception(
@@ -1225,6 +1228,10 @@ class Router:
             # a per-message limit (the protocol core released what it brought): this
             # call fails, and the peer's other calls and capabilities go on
             refused = CallError(f"params refused: {ev.over}", "failed")
+        elif ev.overloaded is not None:
+            # it holds too many answers unfinished (the protocol core released what
+            # the call brought): this call fails, its connection goes on
+            refused = CallError(ev.overloaded, "overloaded")
         elif ev.unsupported is not None:       # sendResultsTo.thirdParty: the same way
             refused = CallError(ev.unsupported, "unimplemented")
         elif peer.conn.unanswered + (native.in_flight() if native is not None else 0) \

@@ -420,3 +420,35 @@ def test_a_capability_named_twice_in_one_call_stays_held(system):
     assert got == {"calc's": [1, 2, 3, 4, 5], "mine": [1, 2, 3, 4, 5], "freed": True,
                    "add": 42}, got
     assert not [line for line in run.lines if "aborted" in line or "protocol error" in line]
+
+
+def test_a_client_that_keeps_its_results_is_refused_calls_not_cut_off(system):
+    """Cap'n Proto's C++ RPC sends a call's Finish only once its response is let go
+    of, so a client that keeps its results (in a list, to read later) leaves every
+    answer unfinished.  At the 4096th (max_unfinished) the supervisor took the
+    next call for a protocol error and cut the client off, every call and
+    capability of its with it ("disconnected: ... 4096 answers were returned and
+    never finished").  Now that call fails `overloaded` naming the limit, the
+    results kept stay readable, and once the client lets go of them its calls are
+    served again on the same connection."""
+    import capnp
+
+    from capnp_schemas.protocol import MAX_UNFINISHED
+
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        kept = []
+        while len(kept) < MAX_UNFINISHED:            # 60 at a time (in_flight is 64)
+            n = min(60, MAX_UNFINISHED - len(kept))
+            kept += await asyncio.gather(*[calc.add(len(kept) + i, 1) for i in range(n)])
+        with pytest.raises(capnp.KjException) as refused:
+            await calc.add(1, 1)
+        total = sum(r.sum for r in kept)
+        del kept
+        gc.collect()
+        await asyncio.sleep(0.2)                     # the Finishes go
+        return refused.value, total
+
+    (refused, total), = [_session(system, scenario)]
+    assert refused.type == "OVERLOADED", refused
+    assert "limit max_unfinished = 4096" in str(refused), refused
+    assert total == sum(range(1, 4097))

@@ -979,8 +979,9 @@ def test_a_bad_segment_count_is_judged_on_its_four_bytes(sup):
 def test_answers_returned_natively_count_toward_max_unfinished(sup):
     """One count of answers returned and never finished: the ones the lane
     returned to a client that must finish them (an external one) count in the
-    Connection's max_unfinished with Python's own, so the client is cut off at
-    the limit, not at the limit plus what the lane returned."""
+    Connection's max_unfinished with Python's own, so the client's calls are
+    refused (`overloaded`) at the limit, not at the limit plus what the lane
+    returned; it keeps its connection (it was cut off there)."""
     s = sup({"calc": CALC, "app": None})
     calc = Engine(s, "calc", exports=True)
     app = Engine(s, "app", [grant("calc", "calc")], external=True)
@@ -994,10 +995,13 @@ def test_answers_returned_natively_count_toward_max_unfinished(sup):
     assert native >= 4 and conn.native.unfinished() == native
     total = conn.unfinished + native
     conn.max_unfinished = total                    # at the limit, counting both sides
-    app.send(app.conn.send_bootstrap()[1])         # not plain: Python judges it
-    app.until(lambda: app.pid in s.closed)
-    assert any(f"{total} answers were returned and never finished" in getattr(e, "text", "")
-               for e in s.other)
+    qid, data = app.conn.send_bootstrap()          # not plain: Python judges it
+    app.send(data)
+    app.until(lambda: any(r.question_id == qid for r in app.returns()))
+    ret = next(r for r in app.returns() if r.question_id == qid)
+    assert ret.error_type == "overloaded", ret
+    assert f"{total} answers were returned to app and not finished" in ret.error, ret
+    assert app.pid not in s.closed
 
 
 def test_an_external_client_with_many_calls_in_flight_moves_onto_the_lane(sup):

@@ -1,4 +1,5 @@
 """The sans-IO RPC core alone: two Connections back to back, no processes."""
+import re
 import struct
 
 import pytest
@@ -487,16 +488,39 @@ def test_content_is_checked_when_it_arrives_not_when_it_is_forwarded():
 
 
 def test_unfinished_answers_are_bounded():
+    """Past max_unfinished answers the peer has not finished, its calls and
+    Bootstraps are refused (`overloaded`: the owner fails them `overloaded`), their
+    capabilities released, and the connection goes on: a Cap'n Proto peer that
+    keeps its results may get there (its Finish goes when it lets go of one).
+    The refusals count too, and a peer that finishes not even those is cut off
+    at twice the bound."""
     a, b = P.Connection("a"), P.Connection("b", max_unfinished=3)
     imp = bootstrap(a, b, object())
     for i in range(3):
         q, data = a.send_call(imp, 1, 0)
         (call,) = b.receive(data)
+        assert call.overloaded is None
         b.send_return(call.answer_id, int_message(i))       # the caller never finishes
     assert b.unfinished == 3 and len(b.answers) == 3
-    _q, data = a.send_call(imp, 1, 0)
-    with pytest.raises(P.ProtocolError, match="limit max_unfinished = 3"):
-        b.receive(data)
+    mine = object()
+    q, data = a.send_call(imp, 1, 0, int_message(0), [mine])
+    released, call = b.receive(data)
+    assert "limit max_unfinished = 3" in call.overloaded and call.payload.caps == ()
+    assert isinstance(released, P.RefsReleased) and b.imports == {}
+    assert a.receive(released.data) == [P.ExportReleased(mine)]
+    ret = a.receive(b.send_exception(call.answer_id, call.overloaded, "overloaded"))
+    assert ret[0].error_type == "overloaded"
+    (boot,) = b.receive(a.send_bootstrap()[1])
+    assert "limit max_unfinished = 3" in boot.overloaded
+    b.send_exception(boot.answer_id, boot.overloaded, "overloaded")
+    b.receive(a.send_finish(q))                              # a refusal finished: one less
+    assert b.unfinished == 4
+    for _ in range(2):
+        (call,) = b.receive(a.send_call(imp, 1, 0)[1])
+        assert call.overloaded is not None
+        b.send_exception(call.answer_id, call.overloaded, "overloaded")
+    with pytest.raises(P.ProtocolError, match="6 answers were returned and never finished"):
+        b.receive(a.send_call(imp, 1, 0)[1])
 
 
 def test_finishing_keeps_a_well_behaved_peer_under_the_limit():
@@ -623,8 +647,13 @@ def test_answers_kept_for_pipelining_are_bounded_in_bytes():
         (ev,) = a.receive(data)
         a.send_return(ev.answer_id, Content.standalone([bytes(big)]), [obj])
     q, data = b.send_call(0, 1, 0)
-    with pytest.raises(P.ProtocolError, match="hold 12.* bytes .limit 10000.: send Finish"):
-        a.receive(data)
+    (ev,) = a.receive(data)                      # refused, the connection goes on
+    assert re.search(r"hold 12\d* bytes \(limit max_kept_bytes = 10000\)", ev.overloaded), ev
+    a.send_exception(ev.answer_id, ev.overloaded, "overloaded")
+    for aid in (0, 1, 2):                        # once the peer finishes them
+        a.receive(b.send_finish(aid))
+    (ev,) = a.receive(b.send_call(0, 1, 0)[1])
+    assert ev.overloaded is None
 
 
 def test_every_reason_sent_is_cut_at_the_reason_limit():
