@@ -375,6 +375,11 @@ class Connection:
         self.answers: dict[int, _Answer] = {}
         self.exports: dict[int, _Export] = {}
         self.imports: dict[int, int] = {}
+        #: the imports that came first in the results of a Return (and have not been
+        #: released since): objects the peer handed out in answers, which whoever
+        #: asked for them holds (its own c-list bounds them), not the peer
+        #: (`own_imports`)
+        self.answered: set[int] = set()
         self._export_ids: dict[int, int] = {}   # id(obj) -> export id
         # answers returned with noFinishNeeded, oldest first: a Finish for one
         # of them is allowed and ignored.  Bounded: the oldest are forgotten.
@@ -759,7 +764,7 @@ class Connection:
             raise ProtocolError(f"export id {eid} was never issued or was released")
         return e.obj
 
-    def _payload(self, segs, descs, content_loc, root=False) -> Payload:
+    def _payload(self, segs, descs, content_loc, root=False, results=False) -> Payload:
         """A payload from its capability descriptors, (kind, value) pairs, and
         the location of its content pointer, which is checked here so that
         forwarding the content later cannot fail.  `root`: the pointer resolved
@@ -775,7 +780,10 @@ class Connection:
                 # forwards to the third party, which "level 1 and 2 implementations
                 # ... may simply send calls to" (rpc.capnp), as Cap'n Proto's C++ RPC
                 # does; it was a protocol error, and cut the sender off
-                self.imports[value] = self.imports.get(value, 0) + 1
+                held = self.imports.get(value, 0)
+                if results and not held:
+                    self.answered.add(value)
+                self.imports[value] = held + 1
                 caps.append(Imported(value))
             elif which == CAP_RECEIVER_HOSTED:
                 caps.append(Exported(self._export_obj(value)))
@@ -828,7 +836,7 @@ class Connection:
                                          finish_needed=finish))
         elif kind == "results":
             payload = self._payload(segs, m.caps, m.content_loc,
-                                    getattr(m, "content_root", False))
+                                    getattr(m, "content_root", False), results=True)
             if not finish and payload.caps:
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             events.append(ReturnReceived(qid, payload, finish_needed=finish))
@@ -1061,6 +1069,7 @@ class Connection:
         held = self.imports[import_id]
         if count is None or count >= held:
             count = self.imports.pop(import_id)
+            self.answered.discard(import_id)
         else:
             self.imports[import_id] = held - count
         if self.native is not None:
@@ -1110,7 +1119,18 @@ class Connection:
         enforces on new calls (kept bytes, capabilities it passed us)."""
         n = self.native
         if n is not None:
-            n.limits_ok(self._kept <= self.max_kept_bytes and len(self.imports) <= n.imports_limit)
+            n.limits_ok(self._kept <= self.max_kept_bytes and self.own_imports <= n.imports_limit)
+
+    @property
+    def own_imports(self) -> int:
+        """How many of the capabilities the peer hosts that we hold are its own doing:
+        all of `imports` but those it handed out in the results of a Return
+        (`answered`), which are held for whoever asked for them and count to that
+        one's c-list.  Counted against the peer's own bound, an object factory whose
+        callers kept what it handed them (each within its own `handles`) had its own
+        calls refused: two clients keeping 700 Counters each had every call calc
+        made refused, an honest caller's callbacks with them."""
+        return len(self.imports) - len(self.answered)
 
     def discards_results(self, answer_id: int) -> bool:
         """The peer gave up `answer_id`: it sent Finish before our return, with
@@ -1155,6 +1175,7 @@ class Connection:
         self.answers.clear()
         self.exports.clear()
         self.imports.clear()
+        self.answered.clear()
         self._export_ids.clear()
         return objs
 

@@ -1243,7 +1243,10 @@ class Router:
                                    f"their callee yet; " if cancelled else "")
                                 + f"limit in_flight = {peer.limits.in_flight})",
                                 "overloaded")
-        elif len(peer.conn.imports) > peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE:
+        elif peer.conn.own_imports > peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE:
+            # (what it returned in answers is its callers', bounded by their c-lists:
+            # counted here, callers keeping what an object factory handed them got its
+            # own calls refused, Connection.own_imports)
             refused = CallError(f"{peer.name} has passed the supervisor more than "
                                 f"{peer.limits.handles} capabilities it still holds "
                                 f"(limit handles)", "overloaded")

@@ -96,6 +96,31 @@ def test_release_drops_export_and_reports_it():
     assert b.exports == {}
 
 
+
+def test_what_a_peer_handed_out_in_results_is_not_counted_as_its_own_imports():
+    """`own_imports` (what the router bounds by the peer's `handles`) counts what the
+    peer passed us in calls, not the objects it handed out in results, which whoever
+    asked for them holds; an id released and passed again in a call counts again."""
+    a, b = pair()
+    main = bootstrap(a, b, object())
+    handed = [object() for _ in range(3)]
+    q, data = a.send_call(main, 0x1234, 1)
+    (call,) = b.receive(data)
+    (ret,) = a.receive(b.send_return(call.answer_id, P.EMPTY, handed))
+    b.receive(a.send_finish(q))
+    assert len(a.imports) == 4 and a.own_imports == 0
+    passed = object()
+    cb = bootstrap(b, a, object())          # b calls a back, passing one of its own
+    _, data = b.send_call(cb, 0x1234, 3, P.EMPTY, [passed])
+    a.receive(data)
+    assert len(a.imports) == 5 and a.own_imports == 1
+    first = ret.payload.caps[0].import_id
+    b.receive(a.send_release(first))
+    assert len(a.imports) == 4 and a.own_imports == 1
+    _, data = b.send_call(cb, 0x1234, 3, P.EMPTY, [handed[0]])   # its id, anew
+    a.receive(data)
+    assert len(a.imports) == 5 and a.own_imports == 2
+
 @pytest.mark.parametrize("make,match", [
     (lambda a: _release(5, 1), "release of export id 5, which was never issued"),
     (lambda a: _finish(9), "finish for question 9"),
