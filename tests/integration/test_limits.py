@@ -1642,40 +1642,59 @@ external = true
 def test_callers_holding_what_a_compartment_handed_them_do_not_get_its_own_calls_refused(
         tmp_path, wsuper):
     """Real engines: calc hands out a new Counter at each newCounter (this one without
-    the example's cap of 999), and two external connections each keep 700 of them,
-    within their own `handles` (1024). The supervisor counted every object of calc's
-    that anyone held against calc's own bound on what it passed the supervisor
-    (`handles` + 256): calc's calls out were refused ("calc has passed the supervisor
-    more than 1024 capabilities it still holds"), so an honest client's sumTo, whose
-    callback is a call of calc's, failed ("dispatch returned 5"). What calc returned
-    in answers counts to the holders' own c-lists, which bound it already."""
+    the example's cap of 999); an external connection and a compartment each keep
+    700 of them, within their own `handles` (1024). The supervisor counted every
+    object of calc's that anyone held against calc's own bound on what it passed the
+    supervisor (`handles` + 256): calc's calls out were refused ("calc has passed the
+    supervisor more than 1024 capabilities it still holds"), so an honest client's
+    sumTo, whose callback is a call of calc's, failed ("dispatch returned 5"). What
+    calc returned in answers counts to the holders' own c-lists, which bound it."""
     from tests.wireclient import WireClient
     src = open(os.path.join(EXAMPLES, "calc.wat")).read()
     capped = "(if (i32.ge_u (local.get $tag) (i32.const 1000)) (then (return (i32.const 3))))"
     assert capped in src
     (tmp_path / "factory.wat").write_text(src.replace(
         capped, "(local.set $tag (i32.and (local.get $tag) (i32.const 4095)))"))
+    # the compartment: 700 newCounter, every handle kept, then it waits for good
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 700)))
+      (br_if $done (i32.ne (call $call0 (local.get $h) (i64.const {CALC_ID}) (i32.const 1))
+                           (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (call $log_int (i32.const 210) (i32.const 4) (local.get $i))
+    (local.set $h (call $lookup (i32.const 220) (i32.const 5)))
+    (loop $wait (drop (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+                (br $wait))""", {"calc": 200, "held": 210, "sleep": 220}))
     sock = tmp_path / "ext.sock"
     (tmp_path / "system.toml").write_text(f"""
 [system]
-schemas = ["{EXAMPLES}/calc.capnp"]
+schemas = ["{EXAMPLES}/calc.capnp", "{HERE}/spin.capnp"]
 socket = "{sock}"
 [compartments.calc]
 module = "factory.wat"
 exports = "Calc"
 external = true
+[compartments.sleep]
+module = "{HERE}/sleep.wat"
+exports = "Spin"
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+calc = {{ compartment = "calc" }}
+sleep = {{ compartment = "sleep" }}
 """)
     run = wsuper("up", str(tmp_path / "system.toml"))
-    run.wait_for("ready calc")
-    hoarders = []
-    for _ in range(2):
-        c = WireClient(str(sock), timeout=60)
-        calc = c.get(c.bootstrap(), "calc")
-        for _ in range(14):                     # 700 counters, 50 at a time (in_flight)
-            for q in [c.call(calc, 0xc0ffee0000000001, 1) for _ in range(50)]:
-                ret = c.returned(q)
-                assert ret.payload is not None, ret.error
-        hoarders.append(c)
+    assert run.wait_for("[app] held") == "[app] held 700"
+    c = WireClient(str(sock), timeout=60)
+    calc = c.get(c.bootstrap(), "calc")
+    for _ in range(14):                         # 700 counters, 50 at a time (in_flight)
+        for q in [c.call(calc, int(CALC_ID, 16), 1) for _ in range(50)]:
+            ret = c.returned(q)
+            assert ret.payload is not None, ret.error
     schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
     steps = []
 
@@ -1690,7 +1709,6 @@ external = true
         return total, (await counter.inc(5)).value
     assert external_client(str(sock), body) == (6, 5)
     assert steps == [1, 3, 6]
-    for c in hoarders:
-        c.close()
+    c.close()
     assert run.proc.poll() is None
     assert not any("has passed the supervisor" in line for line in run.lines), run.lines
