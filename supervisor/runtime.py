@@ -1016,6 +1016,10 @@ class Supervisor:
         self._fd_each = FD_EACH          # ... each compartment keeps for itself (set in _run)
         self._fd_owed = 0                # what the compartments below _fd_each may still take
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
+        #: what external clients (every connection: one caller) hold of it, and may:
+        #: half of what the compartments' own leave (set in _run, _hold)
+        self._fds_outside = 0
+        self._fd_outside_limit = 0
         self._fd_reserved: dict[int, object] = {}  # host call token -> the descriptor
                                                    # counted for it before it ran (_host_call)
         self._max_external = 0           # external connections at once (set in _run)
@@ -1319,6 +1323,7 @@ class Supervisor:
         n = max(1, len(self.system.compartments))
         self._fd_each = max(1, min(FD_EACH, self._fd_budget // (2 * n)))
         self._fd_owed = self._fd_each * len(self.system.compartments)
+        self._fd_outside_limit = max(1, (self._fd_budget - self._fd_owed) // 2)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
@@ -2547,8 +2552,8 @@ class Supervisor:
             # was told EMFILE (an O_EXCL tried again then said EEXIST)
             seat = object()
             if not self._hold("file", seat, call.caller or call.owner):
-                self._tell_fd_budget()
-                self._host_done(call.token, hostcaps.Refusal(_NO_FDS), call.owner, call.caller)
+                self._host_done(call.token, hostcaps.Refusal(
+                    self._no_fds(call.caller or call.owner)), call.owner, call.caller)
                 return
             self._fd_reserved[call.token] = seat
         try:
@@ -2903,8 +2908,7 @@ class Supervisor:
             if not all(held):
                 for (kind, served), counted in zip(outcome.objects, held):
                     self._release(kind, served, counted)
-                outcome = hostcaps.Refusal(_NO_FDS)
-                self._tell_fd_budget()
+                outcome = hostcaps.Refusal(self._no_fds(caller or owner))
                 answer = False
         if answer:
             # the answer first: the caller goes on while its lines are formatted
@@ -2917,6 +2921,24 @@ class Supervisor:
             if outcome.notice:
                 self.say(outcome.notice)
             self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
+
+    def _outside(self, owner: str) -> bool:
+        """Whether descriptors counted to `owner` are external clients' (any caller
+        that is not a compartment: every connection is one, "external")."""
+        return owner not in self.system.compartments
+
+    def _no_fds(self, owner: str) -> str:
+        """The refusal of an open _hold found no descriptor for (`owner`'s), said
+        to the operator once."""
+        if self._outside(owner) and self._fds_outside >= self._fd_outside_limit:
+            text = (f"external clients hold {self._fds_outside} host files and "
+                    f"directories, half of the descriptors the supervisor can spare "
+                    f"beyond the compartments' own")
+            self.tell_once("fd-outside", f"{text}: their opens fail (EMFILE) until they "
+                                         f"close some")
+            return f"EMFILE: {text}; close some files"
+        self._tell_fd_budget()
+        return _NO_FDS
 
     def _tell_fd_budget(self):
         self.tell_once("fd-budget", f"host files and directories hold "
@@ -2936,6 +2958,15 @@ class Supervisor:
         owed = owner in self.system.compartments and mine < self._fd_each
         if self._host_fds + 1 + self._fd_owed - owed > self._fd_budget:
             return False
+        if self._outside(owner):
+            # external clients, however many connections they open, take at most
+            # half of what the compartments' own leave: they took all of it, and
+            # every compartment was left its last FD_EACH (a local client with two
+            # connections held 120 files through a Directory a compartment handed
+            # out, and a program's 16th open failed EMFILE: r272)
+            if self._fds_outside >= self._fd_outside_limit:
+                return False
+            self._fds_outside += 1
         self._host_fds += 1
         self._fds_of[owner] = mine + 1
         self._fd_owed -= owed
@@ -2956,7 +2987,11 @@ class Supervisor:
     def _uncount(self, served):
         """The descriptor _hold counted for `served` is free again."""
         self._host_fds -= 1
-        owner = self._fd_owner.pop(id(served), "")
+        owner = self._fd_owner.pop(id(served), None)
+        if owner is None:
+            owner = ""
+        elif self._outside(owner):
+            self._fds_outside -= 1
         mine = self._fds_of.get(owner, 1) - 1
         if mine > 0:
             self._fds_of[owner] = mine

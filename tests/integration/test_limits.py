@@ -1712,3 +1712,109 @@ sleep = {{ compartment = "sleep" }}
     c.close()
     assert run.proc.poll() is None
     assert not any("has passed the supervisor" in line for line in run.lines), run.lines
+
+
+def test_external_clients_cannot_take_every_descriptor_the_compartments_do_not_keep(tmp_path):
+    """Real engines, a real WASI program: `share` hands external clients its
+    read-only Directory; one local client, on two connections, opens a file
+    through it again and again and keeps them all.  Its opens were counted to no
+    compartment, and the supervisor's spare descriptors were first come, first
+    served beyond each compartment's last 16: with RLIMIT_NOFILE 256 the client held
+    all 120, and a program then opening 40 files got 15 (its 16 but the directory
+    it was granted) and EMFILE.  External clients together may hold half of what
+    the compartments' own leave."""
+    import resource
+    from supervisor import toolchain
+    from capnp_schemas import hosted, payloads
+    from tests.conftest import Running
+    from tests.wireclient import WireClient
+    (tmp_path / "share.capnp").write_text(
+        "@0xd3a7e5c1b0a99f77;\n"
+        "interface Share @0xc0ffee00000000a1 { get @0 () -> (dir :AnyPointer); }\n")
+    (tmp_path / "share.wat").write_text("""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "data")
+  ;; any call: its "data" grant, as capability #0 of the results
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (i32.store (i32.const 8300) (call $lookup (i32.const 100) (i32.const 4)))
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0001000000000000))
+    (i64.store (i32.const 8208) (i64.const 3))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 8300) (i32.const 1)))
+    (i32.const 0)))
+""")
+    (tmp_path / "opener.c").write_text("""#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+int main(void) {          /* once /sandbox/go is there, opens /sandbox/f 40 times */
+  struct timespec t = {0, 50 * 1000 * 1000};
+  while (access("/sandbox/go", F_OK) != 0) nanosleep(&t, NULL);
+  int opened = 0, e = 0;
+  for (int i = 0; i < 40; i++) {
+    if (open("/sandbox/f", O_RDONLY) < 0) { e = errno; break; }
+    opened++;
+  }
+  printf("opened %d errno %d\\n", opened, e);
+  return 0;
+}
+""")
+    toolchain.build([str(tmp_path / "opener.c")], str(tmp_path / "opener.wasm"))
+    for d in ("data", "sandbox"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+    sock = tmp_path / "ext.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/share.capnp"]
+socket = "{sock}"
+[compartments.share]
+module = "{tmp_path}/share.wat"
+exports = "Share"
+external = true
+[compartments.share.grants]
+data = {{ host = "directory", path = "{tmp_path}/data", read_only = true }}
+[compartments.app]
+module = "{tmp_path}/opener.wasm"
+restart = "never"
+[compartments.app.grants]
+stdout = {{ host = "log" }}
+sandbox = {{ host = "directory", path = "{tmp_path}/sandbox", mount = "/sandbox" }}
+""")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    run = Running(["up", str(tmp_path / "system.toml")], preexec_fn=low_limit)
+    try:
+        run.wait_for("ready share")
+        directory, opening = hosted.BY_NAME["Directory"], hosted.BY_NAME["Directory"].method("open")
+        params = payloads.build(opening.params, {"path": "f", "mode": "read"})[0]
+        clients, opened, refused = [], 0, None
+        while refused is None and len(clients) < 3:
+            c = WireClient(str(sock), timeout=30)
+            clients.append(c)
+            share = c.get(c.bootstrap(), "share")
+            got = c.returned(c.call(share, 0xc0ffee00000000a1, 0))
+            assert got.payload is not None, got.error
+            d = got.payload.caps[0].import_id
+            for _ in range(100):
+                ret = c.returned(c.call(d, directory.id, opening.ordinal, params))
+                if ret.payload is None:
+                    refused = ret.error
+                    break
+                opened += 1
+        (tmp_path / "sandbox" / "go").write_text("")
+        assert run.wait_for("[app] opened", timeout=60) == "[app] opened 40 errno 0"
+        assert refused is not None and refused.startswith("EMFILE: external clients hold"), \
+            (opened, refused)
+        assert 0 < opened < 120, opened
+        for c in clients:
+            c.close()
+    finally:
+        run.stop()

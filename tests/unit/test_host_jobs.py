@@ -591,6 +591,8 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
         _host_done = runtime.Supervisor._host_done
         _host_call = runtime.Supervisor._host_call
         _tell_fd_budget = runtime.Supervisor._tell_fd_budget
+        _outside = runtime.Supervisor._outside
+        _no_fds = runtime.Supervisor._no_fds
         _idle = runtime.Supervisor._idle
 
         def __init__(self, nursery):
@@ -600,6 +602,7 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
             self.system = type("System", (), {"compartments": {"a": None, "b": None}})()
             self._fd_each, self._fd_budget, self._fd_owed = 2, 6, 4
             self._host_fds, self._fds_of, self._fd_owner = 0, {}, {}
+            self._fds_outside, self._fd_outside_limit = 0, 1
             self._releasing = {}
             self.answered, self.told = {}, []
             self.router = type("Router", (), {
