@@ -368,6 +368,55 @@ def _smaps(pid: int) -> tuple[float, float]:
             fields.get("Pss", 0) / 1024)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(all CPU time, idle time) of the machine so far, in seconds (/proc/stat)."""
+    with open("/proc/stat") as f:
+        x = [int(v) for v in f.readline().split()[1:]]
+    return sum(x) / TICK, (x[3] + x[4]) / TICK
+
+
+def proc_cpu(pid: int) -> dict:
+    """A process's CPU seconds (/proc/PID/schedstat), those of the children it
+    reaped, its minor faults, parent and name (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()
+    with open(f"/proc/{pid}/schedstat") as f:
+        ns = int(f.read().split()[0])
+    return {"minflt": int(fields[7]), "cpu_s": ns / 1e9, "ppid": int(fields[1]),
+            "children_cpu_s": (int(fields[13]) + int(fields[14])) / TICK,
+            "comm": s[s.index("(") + 1:s.rindex(")")], "pid": pid}
+
+
+def children_of(ppid: int, skip=()) -> list:
+    """proc_cpu() of the processes whose parent is `ppid`, but those in `skip`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in skip:
+            try:
+                p = proc_cpu(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+            if p["ppid"] == ppid:
+                found.append(p)
+    return found
+
+
+def cpu_of_up(sup_pid: int, engine_pids: list) -> dict:
+    """CPU seconds of a `wsuper up` by kind: the supervisor, the zygote (and the
+    children it reaped), its engines, its spares."""
+    engines = [proc_cpu(p) for p in engine_pids]
+    zygote = proc_cpu(engines[0]["ppid"])
+    spares = children_of(engines[0]["ppid"], set(engine_pids))
+    return {"supervisor": proc_cpu(sup_pid)["cpu_s"],
+            "zygote": zygote["cpu_s"] + zygote["children_cpu_s"],
+            "engine": sum(e["cpu_s"] for e in engines),
+            "spare": sum(p["cpu_s"] for p in spares)}
+
+
 def cold_start_one(restarts: int, d: str, spin: int = 0) -> dict:
     """Request -> ready for one compartment on a running system (a warm zygote):
     a program that ends at once, restarted `restarts` times.  `spin`: the program
@@ -388,12 +437,18 @@ def cold_start_one(restarts: int, d: str, spin: int = 0) -> dict:
 
 
 def many(n: int, d: str, settle: float = 0.5) -> dict:
-    """`wsuper up` of N idle calc servers: launch -> all ready, then USS/PSS each."""
+    """`wsuper up` of N idle calc servers: launch -> all ready, then USS/PSS each.
+    Also the CPU of all its processes a compartment (`cpu_ms_each`), and of the
+    two cores what the run had (`cores_ours`: that CPU over the wall time) and
+    what was idle (`cores_idle`, /proc/stat): all ready ~= N x cpu_ms_each /
+    cores_ours, so a cost that grows with N is told from a machine shared
+    (docs/performance.md, "Start-up at scale: what grows with N (r271)")."""
     path = os.path.join(d, f"many{n}.toml")
     with open(path, "w") as f:
         f.write(f'[system]\nschemas = ["{EX}/calc.capnp"]\n')
         for i in range(n):
             f.write(f'[compartments.c{i}]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n')
+    machine = machine_cpu()
     t = time.perf_counter()
     up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -409,6 +464,8 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
             elif line.startswith("wsuper: stats start "):
                 starts.append(float(line.split()[4]))
         ready = time.perf_counter() - t
+        total, idle = (b - a for a, b in zip(machine, machine_cpu()))
+        ours = sum(cpu_of_up(up.pid, pids).values())
         time.sleep(settle)
         mem = [_smaps(pid) for pid in pids]
     finally:
@@ -417,7 +474,9 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
     return {"n": n, "all_ready_s": ready, "per_compartment_ms": ready / n * 1000,
             "uss_mib": statistics.median(u for u, _ in mem),
             "pss_mib": statistics.median(p for _, p in mem),
-            "median_start_ms": statistics.median(starts)}
+            "median_start_ms": statistics.median(starts),
+            "cpu_ms_each": ours / n * 1000, "cores_ours": ours / ready,
+            "cores_idle": idle / ready, "cores_busy": (total - idle) / ready}
 
 
 def confine_layers(n: int) -> dict:
@@ -1132,8 +1191,10 @@ def table(r: dict) -> str:
     for key in sorted((k for k in s if k.startswith("many_")), key=lambda k: int(k[5:])):
         v = s[key]
         lines.append(f"| {v['n']} compartments: `wsuper up` → all ready; USS / PSS each | "
-                     f"{_f(v['all_ready_s'])} s ({_f(v['per_compartment_ms'])} ms each); "
-                     f"{_f(v['uss_mib'])} / {_f(v['pss_mib'])} MiB | "
+                     f"{_f(v['all_ready_s'])} s ({_f(v['per_compartment_ms'])} ms each"
+                     + (f"; {_f(v['cpu_ms_each'])} core-ms each, on {_f(v['cores_ours'])} "
+                        f"of the cores, {_f(v['cores_idle'])} idle" if "cpu_ms_each" in v else "")
+                     + f"); {_f(v['uss_mib'])} / {_f(v['pss_mib'])} MiB | "
                      f"{_f(s['bare_python']['uss_mib'])} / {_f(s['bare_python']['pss_mib'])} "
                      f"MiB |")
     lines += ["", "| start-up / a bare interpreter's start-up (same run) | ratio |", "|---|---|"]

@@ -42,6 +42,11 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     start = result["startup"]
     assert start["cold_start_one"]["ms"] > 0 and start["cold_start_one"]["samples"] >= 2
     assert all(start[f"many_{n}"]["uss_mib"] > 0 for n in result["config"]["many"])
+    # what the run had of the machine, beside its wall time (r271): the CPU of its
+    # processes a compartment, and the cores that CPU came to
+    assert all(start[f"many_{n}"]["cpu_ms_each"] > 0 and start[f"many_{n}"]["cores_ours"] > 0
+               and start[f"many_{n}"]["cores_idle"] >= 0
+               for n in result["config"]["many"])
     assert set(start["vs_bare_python"]) == {"cold_start_one"} | {
         f"many_{n}" for n in result["config"]["many"]}
     assert all(v > 0 for v in start["confine_layers_us"].values())
@@ -60,6 +65,21 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     assert protect["startup"]["enforce_us"] > 0 and protect["startup"]["prepare_ms"] > 0
     table = (tmp_path / "quick.md").read_text()
     assert "| target | measured | goal | met |" in table and "C relay" in table
+
+
+def test_the_startup_cpu_benchmark_says_each_kinds_cpu_a_compartment_and_the_cores_it_had():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "startup_cpu.py"), "4"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    for kind in ("supervisor", "zygote", "engine"):
+        assert out[f"{kind}_ms_each"] > 0, kind
+    assert out["spare_ms_each"] >= 0          # spares left over: none, or a few
+    assert out["cpu_ms_each"] == pytest.approx(sum(
+        out[f"{kind}_ms_each"] for kind in ("supervisor", "zygote", "engine", "spare")), abs=0.05)
+    assert out["cores_ours"] > 0 and out["cores_busy"] > 0
+    assert out["cores_idle"] >= 0 and out["kthreads_cpu_s"] >= 0
+    assert isinstance(out["kthreads_top"], dict)
 
 
 def test_the_callee_benchmark_runs_both_ways():
