@@ -1329,6 +1329,10 @@ def _serve(control: socket.socket, supervisor_pid: int):
     signal.signal(STOP, _stop)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     _warm_up_fork_handlers()
+    # the empty mount namespace engines copy (as root), made after the warm-up's
+    # compiler: no child but a spare ever holds it (`theirs`)
+    confine.make_mount_template()
+    template = confine.mount_template()
     # no gc.collect() first: it walks the whole heap (~20 ms of CPU, ~40 ms of the
     # wall time before the first spawn), and what it would free is never touched
     # by the children (docs/performance.md, "Many compartments, fourth pass")
@@ -1344,7 +1348,13 @@ def _serve(control: socket.socket, supervisor_pid: int):
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     spares: list[_Spare] = []
-    modules.zygote_own = lambda: closing() + list(warm or ())
+
+    def theirs() -> list:
+        """What is the zygote's, for a child that is not a spare (a compiler, a
+        schema parser, a refusal) to close: closing()'s, the built-in module's
+        memfds, and the empty mount namespace, which a spare keeps for its own."""
+        return closing() + list(warm or ()) + ([template] if template is not None else [])
+    modules.zygote_own = theirs
     #: requests waiting for their module's compile, by what it is compiled for
     #: (_Compile.want): [(id, line, spec, fds)]; and the compiles that wait for a
     #: slot (COMPILES at once), in the order they were asked for: [(want, args)]
@@ -1408,7 +1418,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         if pid == 0:
             def refuse() -> int:
                 _defaults()                 # an engine's, to the stop
-                _close_all(closing() + list(warm or ()))
+                _close_all(theirs())
                 signal.set_wakeup_fd(-1)
                 return _refuse(spec, error, fds[0], fds[1], zygote)
             _leave_with(refuse)
@@ -1483,7 +1493,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
             for fd in fds:
                 os.close(fd)
-            answer(_parse_schema(line, closing() + list(warm or ())))
+            answer(_parse_schema(line, theirs()))
             return
         ident = _request_id(line)
         line = line.partition(b" ")[2]

@@ -575,6 +575,52 @@ def _pid(run, name) -> int:
     return int(run.wait_for(f"ready {name}").split("pid=")[1].split()[0])
 
 
+def _ns_links(pid) -> list[str]:
+    """The namespaces process `pid` holds by a descriptor ("mnt:[4026532...]")."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if re.fullmatch(r"[a-z_]+:\[\d+\]", link) and not link.startswith(
+                ("socket:", "pipe:", "anon_inode:")):
+            links.append(link)
+    return links
+
+
+@pytest.mark.skipif(not ROOT_USER or confine.namespaces()["mount"] is not None,
+                    reason="the empty mount namespace is made once only as root")
+def test_engines_copy_one_empty_mount_namespace_that_only_the_zygote_holds(tmp_path, wsuper):
+    """As root, each engine's mount namespace is a copy of one empty namespace the
+    zygote made once, not a copy of the host's emptied by pivot_root in each engine
+    (which walks every thread on the machine: docs/performance.md, "Start-up at
+    scale").  Each engine still has its own, with one empty read-only tmpfs and
+    nothing else; the zygote holds the one they copy, and nothing else does: not an
+    engine, not the supervisor."""
+    run = _up(tmp_path, wsuper, f"""
+[compartments.a]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.b]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+""")
+    engines = [_pid(run, "a"), _pid(run, "b")]
+    zygote = int(_status(engines[0])["PPid"])
+    supervisor = int(_status(zygote)["PPid"])
+    held = _ns_links(zygote)
+    assert len(held) == 1 and held[0].startswith("mnt:"), held
+    theirs = {os.readlink(f"/proc/{pid}/ns/mnt") for pid in engines}
+    assert len(theirs) == 2 and held[0] not in theirs          # each its own copy
+    assert os.readlink("/proc/self/ns/mnt") not in theirs
+    for pid in engines:
+        mounts = open(f"/proc/{pid}/mountinfo").read().splitlines()
+        assert len(mounts) == 1 and " / / ro," in mounts[0] and " tmpfs " in mounts[0], mounts
+        assert _ns_links(pid) == []
+    assert _ns_links(supervisor) == []
+
+
 def test_a_live_engine_is_confined(tmp_path, wsuper):
     run = _up(tmp_path, wsuper, f"""
 [compartments.calc]
