@@ -80,23 +80,6 @@ def pytest_configure(config):
         config._wsuper_basetemp = config.option.basetemp
 
 
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject.toml): one worker more than the machine has cores.  Most
-    tests wait on processes they started (an engine's start, a limit they wait out
-    on purpose, a child's exit), and a core whose worker waits stays idle: on this
-    project's 2-core VM, three workers finished the suite in less time than two
-    (docs/performance.md, "The test suite's time, third pass").  The cores this
-    process may run on, as `-n auto` counts them (os.sched_getaffinity);
-    PYTEST_XDIST_AUTO_NUM_WORKERS, if set, says how many instead, as without this."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
-        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return cores + 1
-
-
 #: Files that take long for their number of tests (a run of the benchmark suite, of
 #: RPC stress, fuzz runs, a file's tests again under ASan): handed out first.
 #: pytest-xdist hands whole files (--dist loadfile) to the workers as they come free,
