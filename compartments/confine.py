@@ -16,7 +16,7 @@ in this order:
    import path), which would close them again later, perhaps after the
    number was reused; on /dev/null they reach nothing;
 2. resource limits: no new files of any size (RLIMIT_FSIZE 0), few descriptors,
-   bounded address space, no core dumps;
+   bounded address space, no core dumps, no locked memory;
 3. namespaces: new IPC, UTS, network and mount namespaces; the mount
    namespace is emptied (its root is an empty read-only tmpfs, every other
    mount is detached).  A spare engine makes them before its request
@@ -733,6 +733,9 @@ def lower_limit(which: int, soft: int, hard: int | None = None):
 def _limit_resources(address_space, highest: int):
     lower_limit(resource.RLIMIT_FSIZE, 0)
     lower_limit(resource.RLIMIT_CORE, 0)
+    # no memory the kernel may not swap out (MAP_LOCKED, which the filter refuses too):
+    # root's limit, often unlimited in a container, was the engine's, 65534 though it is
+    lower_limit(resource.RLIMIT_MEMLOCK, 0)
     lower_limit(resource.RLIMIT_NOFILE, highest + 8)
     if address_space:
         lower_limit(resource.RLIMIT_AS, address_space)

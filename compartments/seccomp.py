@@ -184,17 +184,18 @@ REFUSED = frozenset({
 #: own memory, descriptors, signals or time, and on nothing else.
 ALLOWED = {
     # the supervisor's socket, and stderr
-    "recvfrom": "reading the socket (seen)",
-    "sendto": "writing the socket (seen)",
+    "recvfrom": "reading the socket (seen); a few flags only (CONDITIONS)",
+    "sendto": "writing the socket (seen); a few flags only (CONDITIONS)",
     "write": "stderr (seen: call-stats, errors)",
     "writev": "stderr, from the C library's error messages (seen, before an abort)",
     "close": "a descriptor of its own, when an object holding one goes away",
     # memory: the Python heap, wasm linear memory (growth, moves, fresh instances)
     "brk": "the C heap (seen)",
-    "mmap": "memory, the module's data image (seen); never executable (CONDITIONS)",
+    "mmap": "memory, the module's data image (seen); never executable, locked or of "
+            "huge pages (CONDITIONS)",
     "mprotect": "memory growth (seen); never executable (CONDITIONS)",
     "munmap": "memory released (seen)",
-    "madvise": "memory given back",
+    "madvise": "memory given back; advice on its own pages only (CONDITIONS)",
     # locks: only ever contended by... nobody (one thread), but the C library and
     # KJ wake waiters they think may exist, and abort if that fails (seen)
     "futex": "wait and wake only (CONDITIONS)",
@@ -234,11 +235,34 @@ FALLS_BACK = {
 assert set(FALLS_BACK) <= REFUSED
 
 PROT_EXEC = 0x4
+#: mmap flags refused (r274): memory the kernel may never swap out (MAP_LOCKED; confine
+#: also sets RLIMIT_MEMLOCK to 0), and huge pages, which come from a pool the machine
+#: reserved for its own uses (MAP_HUGETLB, any size: the size is bits of these flags)
+MAP_LOCKED, MAP_HUGETLB = 0x2000, 0x40000
+#: The flags an engine may give send and recv on its socket (r274): not blocking, no
+#: SIGPIPE, waiting for the whole length; nothing else (0 is what it gives).  Never
+#: MSG_OOB: an out-of-band byte on a Unix socket runs the kernel's AF_UNIX out-of-band
+#: code, on the engine's side and, for every normal read, the supervisor's; a
+#: use-after-free there (CVE-2025-38236) took code running in Chrome's renderer
+#: sandbox into the kernel, and Chrome's filter now refuses MSG_OOB.  Nor MSG_PEEK or
+#: MSG_ERRQUEUE, which no engine needs and which that code also serves.
+MSG_FLAGS = 0x40 | 0x4000 | 0x100          # MSG_DONTWAIT, MSG_NOSIGNAL, MSG_WAITALL
+#: The madvise advice an engine may give (r274): about its own pages only.  Not KSM
+#: (MADV_MERGEABLE, MADV_UNMERGEABLE: pages merged with other processes' pages of the
+#: same bytes, whose copy-on-write timing tells an engine what another process
+#: holds, on a machine that runs KSM), not MADV_REMOVE (frees the pages of a shared
+#: file under its other users), not poisoning or offlining a page, nor any advice a
+#: later kernel adds.  0-4 NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED; 8 FREE;
+#: 10, 11 DONTFORK, DOFORK; 14, 15 (NO)HUGEPAGE; 16, 17 DONTDUMP, DODUMP; 18, 19
+#: WIPEONFORK, KEEPONFORK; 20, 21 COLD, PAGEOUT (the kernel pages out another file's
+#: pages only for its owner or a writer); 22, 23 POPULATE_READ, POPULATE_WRITE.
+MADVICE = (0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
 
 #: Calls allowed only with some arguments; otherwise EPERM.
-#:   ("none_of", i, mask): argument i has none of the bits of mask;
+#:   ("none_of", i, mask, ...): argument i has none of the bits of mask (and so on for
+#:   each further pair of argument and mask);
 #:   ("one_of", i, ignored, values): argument i, without the bits `ignored`, is one of values;
 #:   ("self", i): argument i is this process's own pid (set when the filter is installed);
 #:   ("clock", i): argument i is a clock of the machine (CLOCK_REALTIME .. CLOCK_TAI, and
@@ -252,7 +276,7 @@ FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
 #: time of any process to the nanosecond (when another compartment's engine ran, and
 #: for how long) and which pids exist, and could sleep until one had used so much.
 CONDITIONS = {
-    "mmap": ("none_of", 2, PROT_EXEC),
+    "mmap": ("none_of", 2, PROT_EXEC, 3, MAP_LOCKED | MAP_HUGETLB),
     "mprotect": ("none_of", 2, PROT_EXEC),
     "futex": ("one_of", 1, FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME,
               (FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET)),
@@ -261,6 +285,9 @@ CONDITIONS = {
     "clock_gettime": ("clock", 0),
     "clock_getres": ("clock", 0),
     "clock_nanosleep": ("clock", 0),
+    "sendto": ("one_of", 3, MSG_FLAGS, (0,)),
+    "recvfrom": ("one_of", 3, MSG_FLAGS, (0,)),
+    "madvise": ("one_of", 2, 0, MADVICE),
 }
 #: The clock ids below this are the machine's clocks and this process's and thread's
 #: own CPU clocks (CLOCK_PROCESS_CPUTIME_ID 2, CLOCK_THREAD_CPUTIME_ID 3); 11 is
@@ -331,8 +358,12 @@ def _condition(cond) -> list[tuple]:
     (the low 32 bits of the argument: every checked argument is an int)."""
     kind, index = cond[0], cond[1]
     load = (_LD_W_ABS, 0, 0, _ARGS + 8 * index)
-    if kind == "none_of":
-        return [load, (_JSET_K, 0, 1, cond[2]), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "none_of":           # each (argument, mask) pair in turn
+        out = []
+        for i, mask in zip(cond[1::2], cond[2::2]):
+            out += [(_LD_W_ABS, 0, 0, _ARGS + 8 * i), (_JSET_K, 0, 1, mask),
+                    (_RET_K, 0, 0, EPERM)]
+        return out + [(_RET_K, 0, 0, ALLOW)]
     if kind == "one_of":
         values = cond[3]
         out = [load, (_AND_K, 0, 0, ~cond[2] & 0xFFFFFFFF)]

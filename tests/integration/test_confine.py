@@ -178,6 +178,24 @@ attempt("raise_rlimit", lambda: sys_("prlimit64", 0, 7, ctypes.create_string_buf
 attempt("rt_sigqueueinfo", lambda: sys_("rt_sigqueueinfo", victim, 15,
                                         ctypes.create_string_buffer(128)))
 attempt("mremap", lambda: sys_("mremap", page, 4096, 1 << 20, 1, 0))       # MREMAP_MAYMOVE
+# r274: the arguments of calls the filter allows.  An out-of-band byte on its socket, sent
+# or received (MSG_OOB: the kernel's AF_UNIX out-of-band code, a way into the kernel from
+# a sandbox that may only use a socket; peeking and the error queue with it), memory the
+# kernel may never swap out (MAP_LOCKED), huge pages from the machine's reserved pool
+# (MAP_HUGETLB), and advice that reaches past its own pages: merged with other processes'
+# pages of the same bytes (KSM, MADV_MERGEABLE), a shared file's pages freed
+# (MADV_REMOVE), poisoned (MADV_HWPOISON)
+fd = cfg["sock"]
+attempt("send_oob", lambda: sys_("sendto", fd, b"!", 1, 0x1, None, 0))            # MSG_OOB
+attempt("recv_oob", lambda: sys_("recvfrom", fd, buf, 1, 0x1 | 0x40, None, None))
+attempt("recv_peek", lambda: sys_("recvfrom", fd, buf, 1, 0x2 | 0x40, None, None))
+attempt("recv_errqueue", lambda: sys_("recvfrom", fd, buf, 1, 0x2000 | 0x40, None, None))
+attempt("mmap_locked", lambda: sys_("mmap", None, 1 << 20, 3, 0x22 | 0x2000 | 0x8000, -1, 0))
+attempt("mmap_hugetlb", lambda: sys_("mmap", None, 2 << 20, 3, 0x22 | 0x40000, -1, 0))
+attempt("madvise_mergeable", lambda: sys_("madvise", page, 4096, 12))
+shared = sys_("mmap", None, 4096, 3, 0x21, -1, 0)                # MAP_SHARED | MAP_ANONYMOUS
+attempt("madvise_remove", lambda: sys_("madvise", shared, 4096, 9))
+attempt("madvise_hwpoison", lambda: sys_("madvise", shared, 4096, 100))
 os.write(1, (json.dumps(result) + "\n").encode())
 sock.recv(16)                    # the test looks at us from outside meanwhile
 os._exit(0)
@@ -198,6 +216,12 @@ ATTEMPTS = [
     "unix_socket", "socketpair", "ioctl_tiocsti", "mmap_exec", "mprotect_exec",
     "memfd_create", "personality", "setns", "execveat", "prctl", "raise_rlimit",
     "rt_sigqueueinfo", "mremap"]
+#: Calls the filter allows, with arguments it must refuse (r274): each EPERM, from the
+#: filter (not an error of the kernel's that another machine, with a huge page pool or
+#: KSM, would not give)
+REFUSED_ARGUMENTS = ["send_oob", "recv_oob", "recv_peek", "recv_errqueue", "mmap_locked",
+                     "mmap_hugetlb", "madvise_mergeable", "madvise_remove",
+                     "madvise_hwpoison"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -363,10 +387,16 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
         assert live == ["/memfd", "pipe", "pipe", "socket"], fds
         limits = open(f"/proc/{pid}/limits").read()
         assert re.search(r"Max file size\s+0\s+0", limits)
+        assert re.search(r"Max locked memory\s+0\s+0", limits)     # r274
         # --- what it tried
         assert got["missing"] == [], got["missing"]
         allowed = [name for name in ATTEMPTS if got[name] == "allowed"]
         assert not allowed, {name: got[name] for name in ATTEMPTS}
+        assert {name: got[name] for name in REFUSED_ARGUMENTS} == \
+            dict.fromkeys(REFUSED_ARGUMENTS, "EPERM")
+        assert status["VmLck"].strip() == "0 kB", status["VmLck"]      # nothing locked
+        with pytest.raises(OSError):         # no out-of-band byte came on its socket
+            ours.recv(1, socket.MSG_OOB | socket.MSG_DONTWAIT)
         assert "shm_seen" not in got
         # --- and the effects, from outside: nothing changed
         (outside.watched / "new-file").write_text("x")       # an inotify watch would see it

@@ -84,6 +84,37 @@ def test_no_new_executable_memory(name):
     assert seccomp.run(PROG, NR[name], (0, 4096, 4 | (1 << 32), 0, 0, 0)) == seccomp.EPERM
 
 
+def test_no_locked_or_huge_page_memory():
+    """r274: mmap's flags, beside its protection: MAP_LOCKED (memory never swapped out)
+    and MAP_HUGETLB (the machine's reserved pool, any page size) are refused."""
+    for flags in (0x22, 0x21, 0x02 | 0x10, 0x22 | 0x8000 | 0x4000):  # POPULATE, NORESERVE
+        assert seccomp.run(PROG, NR["mmap"], (0, 4096, 3, flags, 0, 0)) == seccomp.ALLOW, flags
+    for flags in (0x22 | 0x2000, 0x22 | 0x40000, 0x22 | 0x40000 | 21 << 26, 0x2000 | 1 << 32):
+        assert seccomp.run(PROG, NR["mmap"], (0, 4096, 3, flags, 0, 0)) == seccomp.EPERM, flags
+    assert seccomp.run(PROG, NR["mmap"], (0, 4096, 7, 0x22, 0, 0)) == seccomp.EPERM
+    assert seccomp.run(PROG, NR["mprotect"], (0, 4096, 3, 0x2000, 0, 0)) == seccomp.ALLOW
+
+
+@pytest.mark.parametrize("name", ["sendto", "recvfrom"])
+def test_the_socket_is_read_and_written_without_out_of_band_data(name):
+    """r274: only MSG_DONTWAIT, MSG_NOSIGNAL and MSG_WAITALL; never MSG_OOB (the kernel's
+    AF_UNIX out-of-band code), MSG_PEEK or MSG_ERRQUEUE."""
+    for flags in (0, 0x40, 0x4000, 0x100, 0x40 | 0x4000 | 0x100, 1 << 32):
+        assert seccomp.run(PROG, NR[name], (3, 0, 1, flags, 0, 0)) == seccomp.ALLOW, flags
+    for flags in (0x1, 0x2, 0x2000, 0x1 | 0x40, 0x8000, 0x80000000, 0x4000000):
+        assert seccomp.run(PROG, NR[name], (3, 0, 1, flags, 0, 0)) == seccomp.EPERM, flags
+
+
+def test_madvise_takes_advice_on_the_engines_own_pages_only():
+    """r274: not KSM (12, 13), MADV_REMOVE (9), poisoning (100, 101), COLLAPSE (25), guard
+    regions (102, 103) or any advice a later kernel adds."""
+    for advice in seccomp.MADVICE:
+        assert seccomp.run(PROG, NR["madvise"], (0, 4096, advice, 0, 0, 0)) == seccomp.ALLOW
+    for advice in (9, 12, 13, 24, 25, 26, 100, 101, 102, 103, 4 | 1 << 8):
+        assert seccomp.run(PROG, NR["madvise"], (0, 4096, advice, 0, 0, 0)) == seccomp.EPERM, \
+            advice
+
+
 def test_futex_only_waits_and_wakes():
     for op in (0, 1, 9, 10, 128, 129, 128 | 256 | 9):
         assert seccomp.run(PROG, NR["futex"], (0, op, 0, 0, 0, 0)) == seccomp.ALLOW, op
