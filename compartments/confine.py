@@ -16,7 +16,7 @@ in this order:
    import path), which would close them again later, perhaps after the
    number was reused; on /dev/null they reach nothing;
 2. resource limits: no new files of any size (RLIMIT_FSIZE 0), few descriptors,
-   bounded address space, no core dumps, no locked memory;
+   bounded address space, no core dumps, no locked memory, no queued signals;
 3. namespaces: new IPC, UTS, network and mount namespaces; the mount
    namespace is emptied (its root is an empty read-only tmpfs, every other
    mount is detached).  A spare engine makes them before its request
@@ -736,6 +736,14 @@ def _limit_resources(address_space, highest: int):
     # no memory the kernel may not swap out (MAP_LOCKED, which the filter refuses too):
     # root's limit, often unlimited in a container, was the engine's, 65534 though it is
     lower_limit(resource.RLIMIT_MEMLOCK, 0)
+    # no signal queued with its information (r274): the kernel counts queued signals per
+    # user, and an engine that queued its limit to itself (blocked, tgkill) left its user
+    # none: no other process of it (another engine, a service of 65534; not root, the
+    # supervisor and the operator's own programs) could make a POSIX timer or send an RT
+    # signal.  What an engine is sent still comes: the kernel's own signals (its traps,
+    # its alarm, death with its parent) and SIGTERM and SIGKILL go past the limit, and
+    # abort()'s SIGABRT comes without its information
+    lower_limit(resource.RLIMIT_SIGPENDING, 0)
     lower_limit(resource.RLIMIT_NOFILE, highest + 8)
     if address_space:
         lower_limit(resource.RLIMIT_AS, address_space)

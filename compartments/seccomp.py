@@ -252,11 +252,15 @@ MSG_FLAGS = 0x40 | 0x4000 | 0x100          # MSG_DONTWAIT, MSG_NOSIGNAL, MSG_WAI
 #: same bytes, whose copy-on-write timing tells an engine what another process
 #: holds, on a machine that runs KSM), not MADV_REMOVE (frees the pages of a shared
 #: file under its other users), not poisoning or offlining a page, nor any advice a
-#: later kernel adds.  0-4 NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED; 8 FREE;
-#: 10, 11 DONTFORK, DOFORK; 14, 15 (NO)HUGEPAGE; 16, 17 DONTDUMP, DODUMP; 18, 19
-#: WIPEONFORK, KEEPONFORK; 20, 21 COLD, PAGEOUT (the kernel pages out another file's
-#: pages only for its owner or a writer); 22, 23 POPULATE_READ, POPULATE_WRITE.
-MADVICE = (0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
+#: later kernel adds; not MADV_COLD or MADV_PAGEOUT, which evict from the page cache
+#: the pages of a file it shares with every other process (libpython, wasmtime's
+#: library): the kernel lets the file's owner do so, and when wsuper does not run as
+#: root that is the engines' uid; timing its own reads of them then tells when the
+#: supervisor or another engine ran that code (a page cache attack), and the
+#: supervisor reads its code from disk again.  0-4 NORMAL, RANDOM, SEQUENTIAL,
+#: WILLNEED, DONTNEED; 8 FREE; 10, 11 DONTFORK, DOFORK; 14, 15 (NO)HUGEPAGE; 16, 17
+#: DONTDUMP, DODUMP; 18, 19 WIPEONFORK, KEEPONFORK; 22, 23 POPULATE_READ, _WRITE.
+MADVICE = (0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 16, 17, 18, 19, 22, 23)
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
 

@@ -184,7 +184,7 @@ attempt("mremap", lambda: sys_("mremap", page, 4096, 1 << 20, 1, 0))       # MRE
 # kernel may never swap out (MAP_LOCKED), huge pages from the machine's reserved pool
 # (MAP_HUGETLB), and advice that reaches past its own pages: merged with other processes'
 # pages of the same bytes (KSM, MADV_MERGEABLE), a shared file's pages freed
-# (MADV_REMOVE), poisoned (MADV_HWPOISON)
+# (MADV_REMOVE) or put out of the page cache (MADV_PAGEOUT), poisoned (MADV_HWPOISON)
 fd = cfg["sock"]
 attempt("send_oob", lambda: sys_("sendto", fd, b"!", 1, 0x1, None, 0))            # MSG_OOB
 attempt("recv_oob", lambda: sys_("recvfrom", fd, buf, 1, 0x1 | 0x40, None, None))
@@ -196,6 +196,24 @@ attempt("madvise_mergeable", lambda: sys_("madvise", page, 4096, 12))
 shared = sys_("mmap", None, 4096, 3, 0x21, -1, 0)                # MAP_SHARED | MAP_ANONYMOUS
 attempt("madvise_remove", lambda: sys_("madvise", shared, 4096, 9))
 attempt("madvise_hwpoison", lambda: sys_("madvise", shared, 4096, 100))
+libc_page = ctypes.cast(libc.getpid, ctypes.c_void_p).value & ~4095    # a shared file's
+attempt("madvise_pageout", lambda: sys_("madvise", libc_page, 4096, 21))
+# r274: signals queued to itself and left pending.  The kernel counts them per user, and
+# past the limit no process of that user (another engine, any service of 65534; not
+# root: wsuper's own user, the supervisor and the operator's programs) gets a signal
+# queued: a POSIX timer cannot be made, an RT signal cannot be sent
+def queue_signals():
+    rtmin = 34
+    sys_("rt_sigprocmask", 0, ctypes.create_string_buffer(struct.pack("<Q", 1 << rtmin - 1)),
+         None, 8)                                              # SIG_BLOCK SIGRTMIN
+    pid, n = os.getpid(), 0
+    try:
+        while n < 1 << 20:
+            sys_("tgkill", pid, pid, rtmin)
+            n += 1
+    finally:
+        result["signals_queued"] = n
+attempt("queue_signals", queue_signals)
 os.write(1, (json.dumps(result) + "\n").encode())
 sock.recv(16)                    # the test looks at us from outside meanwhile
 os._exit(0)
@@ -221,7 +239,7 @@ ATTEMPTS = [
 #: KSM, would not give)
 REFUSED_ARGUMENTS = ["send_oob", "recv_oob", "recv_peek", "recv_errqueue", "mmap_locked",
                      "mmap_hugetlb", "madvise_mergeable", "madvise_remove",
-                     "madvise_hwpoison"]
+                     "madvise_hwpoison", "madvise_pageout"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -257,6 +275,27 @@ def _sysvipc(kind: str, key: int) -> dict:
 
 def _ioprio(pid) -> int:
     return _libc.syscall(252, 1, pid)
+
+
+TIMER = r"""
+import ctypes, os, sys
+if sys.argv[1] != "-":
+    os.setgroups([]); os.setresgid(int(sys.argv[2]), int(sys.argv[2]), int(sys.argv[2]))
+    os.setresuid(int(sys.argv[1]), int(sys.argv[1]), int(sys.argv[1]))
+libc = ctypes.CDLL(None, use_errno=True)
+timer = ctypes.c_void_p()
+rc = libc.timer_create(1, None, ctypes.byref(timer))          # CLOCK_MONOTONIC, SIGALRM
+print(0 if rc == 0 else ctypes.get_errno())
+"""
+
+
+def _timer_create_as(user) -> int:
+    """0 if a process of `user` ((uid, gid), None: ours) can make a POSIX timer, which
+    takes one of its user's queued signals; else the errno."""
+    uid, gid = user if user else ("-", "-")
+    r = subprocess.run([sys.executable, "-I", "-c", TIMER, str(uid), str(gid)],
+                       capture_output=True, text=True, timeout=60)
+    return int(r.stdout)
 
 
 def _maxerror() -> int:
@@ -388,6 +427,9 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
         limits = open(f"/proc/{pid}/limits").read()
         assert re.search(r"Max file size\s+0\s+0", limits)
         assert re.search(r"Max locked memory\s+0\s+0", limits)     # r274
+        # its user may still queue signals (a POSIX timer's, made here as that user)
+        assert got["signals_queued"] <= 16, got["signals_queued"]
+        assert _timer_create_as(ENGINE_USER if ROOT_USER else None) == 0
         # --- what it tried
         assert got["missing"] == [], got["missing"]
         allowed = [name for name in ATTEMPTS if got[name] == "allowed"]

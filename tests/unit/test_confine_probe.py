@@ -106,11 +106,12 @@ def test_the_socket_is_read_and_written_without_out_of_band_data(name):
 
 
 def test_madvise_takes_advice_on_the_engines_own_pages_only():
-    """r274: not KSM (12, 13), MADV_REMOVE (9), poisoning (100, 101), COLLAPSE (25), guard
-    regions (102, 103) or any advice a later kernel adds."""
+    """r274: not KSM (12, 13), MADV_REMOVE (9), COLD and PAGEOUT (20, 21: a shared file's
+    pages out of the page cache), poisoning (100, 101), COLLAPSE (25), guard regions
+    (102, 103) or any advice a later kernel adds."""
     for advice in seccomp.MADVICE:
         assert seccomp.run(PROG, NR["madvise"], (0, 4096, advice, 0, 0, 0)) == seccomp.ALLOW
-    for advice in (9, 12, 13, 24, 25, 26, 100, 101, 102, 103, 4 | 1 << 8):
+    for advice in (9, 12, 13, 20, 21, 24, 25, 26, 100, 101, 102, 103, 4 | 1 << 8):
         assert seccomp.run(PROG, NR["madvise"], (0, 4096, advice, 0, 0, 0)) == seccomp.EPERM, \
             advice
 
