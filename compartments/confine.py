@@ -1046,8 +1046,8 @@ def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
        (the schema parser reads files only root may), without any capability;
     2. every capability set empty (effective, permitted, inheritable);
     3. no real-time scheduling and no lower nice value (RLIMIT_RTPRIO and
-       RLIMIT_NICE 0); death with `parent` (after the change of user, which
-       clears it);
+       RLIMIT_NICE 0), no queued signals (RLIMIT_SIGPENDING 0); death with
+       `parent` (after the change of user, which clears it);
     4. no new privileges;
     5. Landlock: nothing of the file system but reading (and executing) beneath
        `readable`; no TCP; no signal or abstract Unix socket outside;
@@ -1066,6 +1066,10 @@ def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
     # which a helper's uid may use without a capability (seccomp.HELPER_POLICIES)
     lower_limit(resource.RLIMIT_RTPRIO, 0)
     lower_limit(resource.RLIMIT_NICE, 0)
+    # no signal queued with its information, as an engine (_limit_resources): the kernel
+    # counts them per user, and a compiler's 96,367 left 65534 none (the schema
+    # parser's, root none) while it ran
+    lower_limit(resource.RLIMIT_SIGPENDING, 0)
     if parent:
         die_with_parent(parent)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

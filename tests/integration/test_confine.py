@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -1488,6 +1489,16 @@ def _what_this_process_can_do(place: str) -> dict:
     attempt("take a real-time policy",
             lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))
 
+    # queued signals, which the kernel counts per user: past its limit no process of
+    # that user (65534's, or root's for the schema parser) could make a POSIX timer
+    # (r274).  Blocked and queued to itself; they go with it
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+    queued, me = 0, os.getpid()
+    while queued < 1 << 20 and libc.syscall(234, me, threading.get_native_id(),
+                                            signal.SIGRTMIN) == 0:
+        queued += 1
+    facts["signals queued"] = queued
+
     # what Landlock does not cover: a file's metadata by path (or descriptor), and
     # watching a directory.  `owned` is this child's uid's own file, outside its grants
     # (the schema parser keeps uid 0 as root: root's file, as /etc/shadow is)
@@ -1572,7 +1583,7 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "leave its process group": "EPERM",
                 "limit another process of its uid": "EPERM",
                 "take a real-time policy": "EPERM", "real-time priority limit": 0,
-                "nice limit": 0,
+                "nice limit": 0, "signals queued": 0,
                 "change a file's mode": "EPERM", "change a file's owner": "EPERM",
                 "change a file's times": "EPERM", "set a file's extended attribute": "EPERM",
                 "watch a directory (inotify)": "EPERM",
