@@ -429,14 +429,18 @@ class _SockFprog(ctypes.Structure):
 #: engines' allow-list: a compiler runs wasmtime's compiler, CPython and (probes)
 #: fork and exec wasm-tools, and an allow-list that missed a call they make on
 #: some input would fail compiles.  What it refuses is what a helper never needs
-#: and an escaped one would want: sockets (the network, and Unix sockets by path,
-#: which Landlock does not cover), other processes' memory, the kernel's
-#: modules, keys, mounts, System V IPC, namespaces (a user namespace would give
-#: it a full set of capabilities there), io_uring (which bypasses this filter),
-#: BPF, leaving its process group or its parent (CLONE_PARENT), and changing another process's limits,
-#: priority or scheduling (HELPER_SELF_ONLY: on itself only).
+#: and an escaped one would want: sockets (the network, Unix sockets by path,
+#: which Landlock does not cover, and a socket pair's out-of-band data), other
+#: processes' memory, the kernel's modules, keys, mounts, System V IPC, namespaces
+#: (a user namespace would give it a full set of capabilities there), io_uring
+#: (which bypasses this filter), BPF, leaving its process group or its parent
+#: (CLONE_PARENT), and changing another process's limits, priority or scheduling
+#: (HELPER_SELF_ONLY: on itself only).
 HELPER_REFUSED = frozenset({
-    "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    # a socket pair, too (r274): no helper makes one, and on a Unix socket of its own
+    # it reached the kernel's AF_UNIX out-of-band code (MSG_OOB: MSG_FLAGS above)
+    "socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev",
+    "pidfd_getfd", "kcmp",
     # another process's memory by other calls that ask only its uid (of a dumpable
     # process: the supervisor and the engines when wsuper runs as a user, whose uid
     # the compilers share): where each of its pages is (move_pages with no nodes:

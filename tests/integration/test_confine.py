@@ -1448,6 +1448,12 @@ def _what_this_process_can_do(place: str) -> dict:
             s.close()
     attempt("connect a Unix socket", unix)
     attempt("open a UDP socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
+
+    def oob():                  # the kernel's AF_UNIX out-of-band code (r274)
+        a, b = socket.socketpair()
+        with a, b:
+            a.send(b"!", socket.MSG_OOB)
+    attempt("send out-of-band data on a socket pair", oob)
     attempt("run /bin/true", lambda: subprocess.run(["/bin/true"], check=True))
     attempt("make a user namespace", lambda: _unshare_user(libc))
 
@@ -1579,6 +1585,7 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "seccomp": 2, "signal the parent": "EPERM", "write a file": "EACCES",
                 "read a file": "EACCES", "connect a Unix socket": "EPERM",
                 "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
+                "send out-of-band data on a socket pair": "EPERM",
                 "make a user namespace": "EPERM", "make System V shared memory": "EPERM",
                 "leave its process group": "EPERM",
                 "limit another process of its uid": "EPERM",
@@ -1591,6 +1598,7 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
 
 #: What of HELD_BY_NONE only the helpers' seccomp filter stops
 _SECCOMP_ONLY = ("seccomp", "connect a Unix socket", "open a UDP socket",
+                 "send out-of-band data on a socket pair",
                  "make a user namespace", "make System V shared memory",
                  "leave its process group", "limit another process of its uid",
                  "change a file's mode", "change a file's owner", "change a file's times",
