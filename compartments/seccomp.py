@@ -5,7 +5,7 @@ of a few calls), the list of calls the issue named as refused, and the BPF
 program built from them.  Must not: apply anything but the filter
 (confine.py orders the layers).
 
-The program (classic BPF, built once in the zygote; ~130 instructions) does,
+The program (classic BPF, built once in the zygote; ~200 instructions) does,
 for each call:
 
 * an architecture other than x86_64 (i386 through int 0x80): kill the process;
