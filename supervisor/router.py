@@ -112,6 +112,34 @@ ORPHANS_PER_IN_FLIGHT = 2
 OVERDUE_LIMIT = 1024
 
 
+def overdue_refusal(limit: int, compartments: int, total: int, pool, mine: int):
+    """Whether a caller whose share is `pool` (_pool: every external client's
+    together, one compartment's, or None) may call a peer at which `total` calls
+    cancelled there are not answered yet, `mine` of them its pool's (pure).
+
+    The bound of `limit` is the callee's, shared by its callers: one for all of
+    them, a local client that sent a busy compartment 1,024 calls and cancelled
+    them (16 connections of 64) had every other caller's calls to it refused,
+    compartments' too, for as long as its one long call ran (r276).  So whoever
+    fills it is the one refused: external clients together at most half of it;
+    each compartment always its own `overdue_own(limit, compartments)`, and beyond
+    that only while all of them together are under `limit` (so a callee holds at
+    most twice `limit`, and the calls in flight: external clients half of it, the
+    compartments' own parts half, and what went beyond them while under it).
+    None: allowed; else ("external", their limit) or ("callee", its own share)."""
+    if pool is not None and pool[0] == "external":
+        half = max(1, limit // 2)
+        return None if mine < half else ("external", half)
+    own = overdue_own(limit, compartments) if pool is not None else 0
+    return None if total < limit or mine < own else ("callee", own)
+
+
+def overdue_own(limit: int, compartments: int) -> int:
+    """What of a callee's overdue bound each compartment calling it has to itself:
+    an even part of the half external clients cannot take, at least one (pure)."""
+    return max(1, limit // (2 * max(1, compartments)))
+
+
 #: Resolved promises a call may pass on its way to its target (a promise can
 #: resolve to a capability that leads back to it; membranes alone cannot loop).
 MAX_HOPS = 64
@@ -544,6 +572,13 @@ class Router:
         self.orphans_limit = orphans_limit if orphans_limit is not None \
             else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
         self.overdue_limit = overdue_limit
+        self._compartment_count = len(compartments)
+        self._overdue_floor = max(1, overdue_limit // 2)   # no share refuses below it
+        # calls to a peer cancelled there (Finish) that it has not returned, per
+        # callee id: question id -> whose share it counts to (_pool), and each
+        # share's count (overdue_refusal; Connection.overdue is their total)
+        self._overdue_by: dict[int, dict[int, tuple | None]] = {}
+        self._overdue_of: dict[int, dict[tuple, int]] = {}
         self._orphans_full = False
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
@@ -788,8 +823,7 @@ class Router:
 
             def timed_out(peer=peer, qid=qid, handler=handler):
                 self.count(peer, False)
-                self.emit(fx.Send(peer.id, peer.conn.send_finish(qid)))
-                self._overdue(peer)
+                self._finish_overdue(peer, qid, handler.reply[0])
                 self.fail(handler.reply, CallError(
                     f"compartment {peer.name} did not answer within "
                     f"{peer.limits.call_time:g} s (limit call_time)", "overloaded"))
@@ -1390,7 +1424,16 @@ class Router:
         """The peer returned our question `question_id` after we finished it (it timed
         out, or was cancelled), with results, an exception or takeFromOtherQuestion:
         the protocol core has let go of the question, whose id the next call may
-        take, so nothing of ours may stay keyed by it (an orphan's count)."""
+        take, so nothing of ours may stay keyed by it (an orphan's count, the
+        overdue share it counted to)."""
+        by = self._overdue_by.get(peer.id)
+        if by is not None and question_id in by:
+            pool = by.pop(question_id)
+            if pool is not None:
+                _tally(self._overdue_of[peer.id], pool, -1)
+            if not by:
+                del self._overdue_by[peer.id]
+                self._overdue_of.pop(peer.id, None)
         if self._unorphan((peer.id, question_id)):
             self._orphans_changed()
 
@@ -1404,8 +1447,7 @@ class Router:
         if waiting is None or (handler is not None and waiting is not handler):
             return None
         del self._pending[key]
-        self.emit(fx.Send(peer.id, peer.conn.send_finish(question_id)))
-        self._overdue(peer)
+        self._finish_overdue(peer, question_id, getattr(waiting, "reply", (None,))[0])
         return waiting
 
     def _tail_ended(self, peer: Peer, answer_id: int, content=None, caps=(),
@@ -1654,13 +1696,11 @@ class Router:
                             f"answered yet (limit "
                             f"{self.orphans_limit} a compartment: {ORPHANS_PER_IN_FLIGHT} x "
                             f"the external in_flight); try again", "overloaded")
-                if cap.peer.conn.overdue >= self.overdue_limit:
-                    raise CallError(
-                        f"{'compartment ' if cap.peer.kind == 'engine' else ''}"
-                        f"{cap.peer.name} has not answered {cap.peer.conn.overdue} "
-                        f"calls cancelled there (past call_time, or given up by their "
-                        f"callers; limit {self.overdue_limit}): no more calls to it "
-                        f"until it answers some; try again", "overloaded")
+                refused = None if cap.peer.conn.overdue < self._overdue_floor \
+                    else self._overdue_refused(cap.peer, call.reply[0])
+                if refused is not None:
+                    raise CallError(self._overdue_text(cap.peer, call.reply[0], *refused),
+                                    "overloaded")
                 if cap.peer.remotes.get(cap.import_id) is not cap \
                         or cap.import_id not in cap.peer.conn.imports:
                     # a capability released meanwhile (should not happen: held ones are
@@ -1940,14 +1980,63 @@ class Router:
         if on and self._routes:
             self._unroute(lambda r: compartment in (r.caller.name, r.callee.name))
 
+    def _finish_overdue(self, peer: Peer, question_id: int, caller) -> bool:
+        """Send `peer` Finish for our question `question_id`, which `caller` made
+        (through us) and gave up, or which timed out: one it has not returned yet is
+        overdue (Connection.overdue), and counts to the caller's share of the bound
+        (overdue_refusal) until its Return comes (_answered_late) or the peer goes.
+        Whether the peer had returned it (takeFromOtherQuestion) already."""
+        returned = peer.conn.question_returned(question_id)
+        self.emit(fx.Send(peer.id, peer.conn.send_finish(question_id)))
+        if not returned:
+            pool = _pool(caller)
+            self._overdue_by.setdefault(peer.id, {})[question_id] = pool
+            if pool is not None:
+                _tally(self._overdue_of.setdefault(peer.id, {}), pool, 1)
+            self._overdue(peer)
+        return returned
+
+    def _overdue_refused(self, callee: Peer, caller):
+        """overdue_refusal for a call of `caller` to `callee`: None, or (which
+        bound, its limit, what the caller's share holds)."""
+        total = callee.conn.overdue
+        if total < self._overdue_floor:
+            return None
+        pool = _pool(caller)
+        mine = self._overdue_of.get(callee.id, {}).get(pool, 0) if pool is not None else 0
+        refused = overdue_refusal(self.overdue_limit, self._compartment_count, total,
+                                  pool, mine)
+        return None if refused is None else (*refused, mine)
+
+    def _overdue_text(self, callee: Peer, caller, bound: str, limit: int,
+                      mine: int) -> str:
+        """Why overdue_refusal refused `caller`'s call to `callee`: which share,
+        whose, and its limit."""
+        who = f"{'compartment ' if callee.kind == 'engine' else ''}{callee.name}"
+        bound_pool, caller = _pool(caller), getattr(caller, "name", "its caller")
+        why = "past call_time, or given up by their callers"
+        if bound == "external":
+            return (f"{who} has not answered {mine} calls of external clients cancelled "
+                    f"there ({why}; limit {limit} for all external clients together, "
+                    f"half of {self.overdue_limit}): no more calls of external clients "
+                    f"to it until it answers some; try again")
+        share = "" if bound_pool is None else \
+            f"; {mine} of them {caller}'s, past its own {limit}"
+        return (f"{who} has not answered {callee.conn.overdue} calls cancelled there "
+                f"({why}; limit {self.overdue_limit}{share}): no more calls from "
+                f"{caller} to it until it answers some; try again")
+
     def _overdue(self, peer: Peer):
-        """A Finish went to `peer` for a call it has not returned: at OVERDUE_LIMIT
-        such calls (Router.overdue_limit) the routes to it come down, so that its
-        callers' calls come to Python, which refuses them (_deliver) until it
-        answers some; the next call through Python after that installs them again."""
-        if peer.conn.overdue >= self.overdue_limit and self._routes_at.get(peer.id):
-            self._unroute_keys([k for k in self._routes_at[peer.id]
-                                if self._routes[k].callee is peer])
+        """A Finish went to `peer` for a call it has not returned: the routes to it
+        of each caller that overdue_refusal refuses now come down, so that their
+        calls come to Python, which refuses them (_deliver) until it answers some;
+        the next call through Python after that installs them again.  The other
+        callers' routes stay: the bound refuses whoever filled it."""
+        keys = self._routes_at.get(peer.id)
+        if not keys or peer.conn.overdue < self._overdue_floor:
+            return
+        self._unroute_keys([k for k in keys if self._routes[k].callee is peer
+                            and self._overdue_refused(peer, self._routes[k].caller)])
 
     def _unroute(self, which, take_calls: bool = True):
         """Take down every route `which(route)` is true of, synchronously."""
@@ -2993,6 +3082,8 @@ class Router:
             for rec in self.native.drop_peer(peer.id):
                 self.adopt(rec, gone=reason if rec[3] == peer.id else None)
         exported = peer.conn.drop_all()
+        self._overdue_by.pop(peer.id, None)        # (its count, Connection.overdue, is 0)
+        self._overdue_of.pop(peer.id, None)
         pending, orphaned = [], []     # calls it was asked; calls forwarded for it
         for k, h in self._pending.items():
             if k[0] == peer.id:
@@ -3081,9 +3172,7 @@ class Router:
             # its Return may have come already: takeFromOtherQuestion, naming a tail
             # call still running (_on_taken).  Then this Finish ends the question (its
             # id free for the next call) and no answer is to come: nothing to count
-            returned = callee.conn.question_returned(key[1])
-            self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
-            self._overdue(callee)
+            returned = self._finish_overdue(callee, key[1], caller)
             if orphan and caller.kind == "external" and not returned:
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
                 if live and caller.alive:

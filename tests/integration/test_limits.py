@@ -1818,3 +1818,57 @@ sandbox = {{ host = "directory", path = "{tmp_path}/sandbox", mount = "/sandbox"
             c.close()
     finally:
         run.stop()
+
+
+def test_calls_external_clients_cancel_at_a_busy_callee_do_not_get_a_compartments_refused(
+        tmp_path, wsuper):
+    """r276: the bound of calls cancelled at a callee and not answered yet
+    (router.OVERDUE_LIMIT, 1,024) was one for all its callers.  While spin ran one
+    long call, 16 connections sent it 64 calls each and cancelled them (Finish):
+    the bound full, relay r's call to spin failed 'overloaded' at once, where it
+    should wait for spin.  External clients together take at most half of it now:
+    their calls are refused past it, r's waits for spin and is answered."""
+    from tests.wireclient import WireClient
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+fuel_per_call = 3_000_000_000
+[compartments.r]
+module = "{HERE}/relay.wat"
+exports = "Spin"
+external = true
+[compartments.r.grants]
+next = {{ compartment = "spin" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    spin_id = int(SPIN_ID, 16)
+    busy = WireClient(str(sock), timeout=60)
+    long_call = busy.call(busy.get(busy.bootstrap(), "spin"), spin_id, 0)   # spins
+    flood = []
+    for _ in range(16):
+        c = WireClient(str(sock), timeout=60)
+        spin = c.get(c.bootstrap(), "spin")
+        for q in [c.call(spin, spin_id, 1) for _ in range(64)]:
+            c.send(c.conn.send_finish(q))
+        flood.append(c)
+    outside = WireClient(str(sock), timeout=60)
+    refused = outside.returned(outside.call(outside.get(outside.bootstrap(), "spin"),
+                                            spin_id, 1))
+    honest = WireClient(str(sock), timeout=60)
+    ret = honest.returned(honest.call(honest.get(honest.bootstrap(), "r"), spin_id, 1))
+    assert ret.payload is not None and ret.error is None, ret.error   # it waited for spin
+    # (theirs are refused: the flood filled the bound while spin was busy)
+    assert refused.error_type == "overloaded" and "calls of external clients cancelled " \
+        "there" in refused.error and "limit 512" in refused.error, refused.error
+    assert "fuel_per_call" in busy.returned(long_call).error
+    for c in (busy, outside, honest, *flood):
+        c.close()
+    run.stop()

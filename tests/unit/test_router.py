@@ -4626,3 +4626,82 @@ def test_answers_to_clients_past_their_own_kept_results_do_not_look_at_every_pee
     kept(c, 2)                      # past the pool: looked at, a holds the most
     assert looked and a.pid not in router.peers and b.pid in router.peers
     assert all(p.pid in router.peers for p in idle + [c])
+
+
+def test_overdue_refusal_refuses_the_share_that_filled_the_bound_not_every_caller():
+    """The pure decision behind the overdue bound (r276): external clients together
+    take at most half of it; a compartment is refused only past its own share and
+    while all the callee's overdue calls are at the limit; a caller of no share only
+    at the limit."""
+    ext, app = ("external",), ("compartment", "app")
+    assert R.overdue_own(1024, 16) == 32 and R.overdue_own(1024, 2000) == 1
+    assert R.overdue_refusal(1024, 16, 511, ext, 511) is None
+    assert R.overdue_refusal(1024, 16, 512, ext, 512) == ("external", 512)
+    # external clients filled their half, and more is theirs than anyone's: a
+    # compartment holding none there, or its own share, is not refused for it
+    assert R.overdue_refusal(1024, 16, 1024, app, 0) is None
+    assert R.overdue_refusal(1024, 16, 1024, app, 31) is None
+    assert R.overdue_refusal(1024, 16, 1024, app, 32) == ("callee", 32)
+    # beyond its own share, a compartment may add to the pool under the limit
+    assert R.overdue_refusal(1024, 16, 1023, app, 900) is None
+    assert R.overdue_refusal(1024, 16, 1024, None, 0) == ("callee", 0)
+    assert R.overdue_refusal(1024, 16, 1023, None, 0) is None
+    assert R.overdue_refusal(1, 1, 1, ext, 1) == ("external", 1)
+    assert R.overdue_refusal(1, 1, 0, ext, 0) is None
+
+
+def test_calls_cancelled_at_a_busy_callee_get_only_their_own_callers_refused():
+    """r276: the overdue bound was one for every caller of a callee: external
+    clients that sent calc calls and cancelled them while it did not answer filled
+    it, and every other caller's calls to calc were refused 'overloaded' until it
+    answered, compartments' too.  External clients together may fill half of it,
+    then only theirs are refused; a compartment that fills the rest is refused
+    itself, past its own share, and the others' calls still reach calc; answered,
+    everyone's calls reach it again."""
+    router = R.Router({"calc": CALC, "app": None, "app2": None}, external=("calc",),
+                      overdue_limit=8, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    app2 = start(router, "app2", [grant("calc", "calc")])
+
+    def cancelled(caller, n):            # n calls, each cancelled (Finish) once sent
+        for _ in range(n):
+            q, data = caller.conn.send_call(caller.grants[0].import_id, CALC, 0)
+            caller.send(data)
+            if q in caller.conn.questions and not caller.conn.questions[q].returned:
+                caller.send(caller.conn.send_finish(q))
+
+    for c in [client(router, f"flood{i}") for i in range(3)]:
+        cancelled(c, 3)
+        refused = [r for r in c.inbox if r.error_type == "overloaded"]
+        if refused:
+            assert "calls of external clients cancelled there" in refused[-1].error, \
+                refused[-1].error
+    assert router.peers[calc.pid].conn.overdue == 4          # half of 8: no more
+    honest = client(router, "honest")
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    (ret,) = honest.inbox
+    assert ret.error_type == "overloaded" and "half of 8" in ret.error, ret.error
+    calc.inbox.clear()
+    # app fills the rest: past the 8 and its own share, it alone is refused
+    cancelled(app, 6)
+    assert router.peers[calc.pid].conn.overdue == 8
+    refused = [r for r in app.inbox if r.error_type == "overloaded"]
+    assert len(refused) == 2 and "4 of them app's, past its own 1" in refused[-1].error, \
+        refused[-1].error
+    calc.inbox.clear()
+    q, data = app2.conn.send_call(app2.grants[0].import_id, CALC, 0)
+    app2.send(data)
+    (call,) = calc.inbox                                      # it reaches calc
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([bytes(8)])))
+    assert app2.inbox[-1].payload is not None
+    # calc answers the cancelled calls: the shares are free again
+    for a in list(calc.conn.answers):
+        if calc.conn.answers[a].finished:
+            calc.send(calc.conn.send_exception(a, "call canceled"))
+    assert router.peers[calc.pid].conn.overdue == 0
+    assert not router._overdue_by and not router._overdue_of
+    app.inbox.clear()
+    calc.inbox.clear()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert len(calc.inbox) == 1 and app.inbox == []
