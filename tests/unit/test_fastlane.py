@@ -638,6 +638,53 @@ def test_a_callee_that_never_answers_its_cancelled_calls_is_refused_more_not_hel
     assert app.returns()[-1].payload is not None and calc.pid not in s.closed
 
 
+def test_a_caller_that_filled_a_callees_overdue_bound_loses_its_route_the_others_keep_theirs(
+        sup):
+    """r276: the overdue bound is shared by the callee's callers.  app's calls go
+    natively to calc, which answers none of them past call_time: past app's share
+    app's route comes down and its calls fail "overloaded" in Python; app2's route
+    stays, and its calls still go natively to calc and are answered."""
+    s = sup({"calc": CALC, "app": None, "app2": None},
+            limits={"calc": R.Limits(call_time=0.05)}, clock=time.monotonic,
+            overdue_limit=8)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app2 = Engine(s, "app2", [grant("calc", "calc")])
+    for e in (app, app2):                         # the first call installs the route
+        e.call()
+        e.until(lambda: len(calc.calls()) == (1 if e is app else 2))
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        e.until(lambda: e.returns())
+    routes = lambda: {r.caller.name for r in s.router._routes.values()}   # noqa: E731
+    assert routes() == {"app", "app2"}
+
+    def settle(n):
+        end = time.monotonic() + 30
+        while len(app.returns()) < n and time.monotonic() < end:
+            s.pump(0.005)
+            s.perform(s.router.native_tick())
+            s.perform(s.router.expire())
+            for e in list(s.engines.values()):
+                e.poll(0.0)
+        assert len(app.returns()) == n
+
+    for n in range(2, 14):                        # one at a time: no round in flight
+        app.call()
+        settle(n)
+    errors = [r.error for r in app.returns()[1:]]
+    assert sum("did not answer within 0.05 s" in e for e in errors) == 8, errors
+    assert app.returns()[-1].error_type == "overloaded", errors[-1]
+    assert routes() == {"app2"}
+    before = s.lane.stats()["calls"]
+    app2.call()
+    app2.until(lambda: len(calc.calls()) == 11)
+    assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE   # natively, as before
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app2.until(lambda: len(app2.returns()) == 2)
+    assert app2.returns()[-1].payload is not None and s.lane.stats()["calls"] == before + 1
+    assert "8 of them app's, past its own 1" in errors[-1], errors[-1]
+
+
 def test_every_natively_forwarded_call_is_audited_when_the_records_wait(sup):
     """The lane keeps a record's place for each audited call in flight: with room
     for 3 records, a 4th and 5th call in flight go through Python (which audits
