@@ -37,13 +37,17 @@ RESERVED_NAMES = frozenset({"supervisor"})
 #: every client of the external socket: no compartment may be called so too.
 CLIENT_NAME = "external"
 
-SYSTEM_KEYS = {"socket", "schemas", "audit", "audit_max_size", "audit_keep",
+SYSTEM_KEYS = {"socket", "schemas", "audit", "audit_max_size", "audit_keep", "audit_share",
                "external_limits", "max_connections", "message_timeout", "logs",
                "engine_user"}
 #: The audit file is rotated at this size (AUDIT.1 .. AUDIT.N, the oldest goes)
 AUDIT_MAX_SIZE = 64 << 20
 AUDIT_KEEP = 8
 AUDIT_KEEP_MOST = 100
+#: The part of each audit file one caller's records of calls that returned may fill
+#: (and as much again of its calls that did not); past it they are summarized
+#: (auditshare.py).  1: no share
+AUDIT_SHARE = 0.125
 #: uid and gid of every engine when wsuper runs as root (Debian's nobody and nogroup)
 DEFAULT_ENGINE_USER = (65534, 65534)
 _ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
@@ -197,6 +201,7 @@ class System:
     engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
     audit_max_size: int = AUDIT_MAX_SIZE   # bytes before the audit is rotated; 0: never
     audit_keep: int = AUDIT_KEEP           # rotated audit files kept (AUDIT.1 .. AUDIT.N)
+    audit_share: float = AUDIT_SHARE       # of each audit file, one caller's (auditshare.py)
     socket_option: bool = False            # `socket` is `wsuper up --socket`'s, not the file's
     engine_user_given: bool = False        # `engine_user` is written in the file
     #: the keys of [system] written in the file (what `unused` looks at)
@@ -228,11 +233,12 @@ class System:
             said.append(engine_user)
         if self.audit is None:
             said += [f"[system] {k} is not used: no audit file is written without "
-                     f"[system] audit" for k in ("audit_max_size", "audit_keep")
+                     f"[system] audit" for k in ("audit_max_size", "audit_keep", "audit_share")
                      if k in self.written]
-        elif "audit_keep" in self.written and self.audit_max_size == 0:
-            said.append("[system] audit_keep is not used: audit_max_size = 0 never rotates "
-                        "the audit file")
+        elif self.audit_max_size == 0:
+            said += [f"[system] {k} is not used: audit_max_size = 0 never rotates "
+                     f"the audit file" for k in ("audit_keep", "audit_share")
+                     if k in self.written]
         if not self.external:
             said += [f"[system] {k} is not used: no compartment is external (external = "
                      f"true), so nothing listens for clients" for k in EXTERNAL_ONLY_KEYS
@@ -401,7 +407,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     endpoint = {}
     for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
                              ("message_timeout", (int, float), 0.1, 3600),
-                             ("audit_keep", int, 1, AUDIT_KEEP_MOST)):
+                             ("audit_keep", int, 1, AUDIT_KEEP_MOST),
+                             ("audit_share", (int, float), 0.01, 1)):
         if k in system:
             endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
     if "audit_max_size" in system:

@@ -43,8 +43,8 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EXIT_GUEST_OK, EngineSpec
 
-from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, process, \
-    router as R, startsignals, stderr, supervision as S, threads
+from . import auditshare, authority, effects as fx, endpoint, fastlane, hostcaps, output, \
+    policy, process, router as R, startsignals, stderr, supervision as S, threads
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -566,11 +566,16 @@ class _Audit:
     `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
     set_event = staticmethod(trio.Event.set)
 
-    def __init__(self, path: str, run_id: str, max_size: int = 0, keep: int = 1):
+    def __init__(self, path: str, run_id: str, max_size: int = 0, keep: int = 1,
+                 share: float = 1.0):
         self.path = path
         self.run_id = run_id
         self.max_size = max_size          # rotated before it would pass this; 0: never
         self.keep = keep
+        # each caller's share of a file, and the summaries past it (the writer's
+        # thread alone uses it, under _lock; `due` is read by writer())
+        shares = auditshare.AuditShares(max_size, share)
+        self.shares = shares if shares.limit is not None else None
         self._size = 0
         self._dir = None                  # its directory, opened once (rotation renames)
         self.pending: list[dict] = []
@@ -606,7 +611,12 @@ class _Audit:
 
     async def writer(self, on_error):
         while True:
-            await self.wake.wait()
+            due = self.shares.due if self.shares is not None else None
+            if due is None:
+                await self.wake.wait()
+            else:                       # summaries wait: written by then, records or not
+                with trio.move_on_after(max(due - _wall(), 0.0)):
+                    await self.wake.wait()
             self.wake = trio.Event()
             await self.flush(on_error)
             await trio.sleep(output.BATCH_SECONDS)   # let records gather: one write for many
@@ -616,16 +626,18 @@ class _Audit:
         last flush waits for a batch the writer is still writing."""
         async with self._flushing:
             left = len(self.pending)
-            if not left or self.failed:
+            if self.failed or not (left or self._summaries_due()):
                 self.pending = []
                 self.room.set()
                 return
+            first = True                # one write, of summaries alone if no record waits
             # What waits now, AUDIT_SLICE records at a time, and the peers read again
             # (room) as soon as fewer than AUDIT_BACKLOG wait: the whole backlog was
             # one write, and every peer's input waited for all of it (10,000-14,000
             # records, 0.16-0.57 s with a client flooding audited calls; meanwhile
             # its calls on the fast lane went on, its records held there)
-            while left > 0 and not self.failed:
+            while (left > 0 or first) and not self.failed:
+                first = False
                 n = min(left, AUDIT_SLICE)
                 left -= n
                 batch, self.pending = self.pending[:n], self.pending[n:]
@@ -659,6 +671,10 @@ class _Audit:
                 if len(self.pending) < AUDIT_BACKLOG:
                     self.room.set()
             self.room.set()
+
+    def _summaries_due(self) -> bool:
+        due = self.shares.due if self.shares is not None else None
+        return due is not None and due <= _wall()
 
     def unwritten(self) -> int:
         """Records added and not written: waiting, or in a write that has not ended (the
@@ -780,16 +796,41 @@ class _Audit:
         if self._file is None:          # never through a link someone planted
             self.open()
         chunk: list[bytes] = []
-        for r in batch:
+        shares = self.shares
+        now = _wall()
+        n = 0                           # records of the batch in chunk (or summarized)
+        for r, of_batch in self._with_summaries(batch, now) if shares is not None else \
+                ((r, True) for r in batch):
             line = (json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
                                separators=(",", ":")) + "\n").encode()
+            if of_batch and shares is not None and not shares.admit(r, len(line), now):
+                n += 1                  # counted into its caller's summary
+                continue
             if self.max_size and self._size and self._size + len(line) > self.max_size:
-                self._append(chunk)
-                chunk = []
+                self._append(chunk, n)
+                chunk, n = [], 0
                 self._rotate()
+                if shares is not None:
+                    shares.rotated()
             chunk.append(line)
             self._size += len(line)
-        self._append(chunk)
+            n += of_batch
+        self._append(chunk, n)
+
+    def _with_summaries(self, batch: list, now: float):
+        """The batch's records, each with True, after the summaries due (with False),
+        and every summary waiting just before `run stopped` (the run's last record)."""
+        for s in self.shares.summaries(now):
+            yield self._summary(s), False
+        for r in batch:
+            if r.get("event") == "run stopped":
+                for s in self.shares.summaries(now, all=True):
+                    yield self._summary(s), False
+            yield r, True
+
+    @staticmethod
+    def _summary(record: dict) -> dict:
+        return {**record, "first": _rfc3339(record["first"]), "last": _rfc3339(record["last"])}
 
     def _dir_left(self) -> bool:
         """Whether the directory the audit was opened in (its rotations' `_dir`) is
@@ -802,11 +843,12 @@ class _Audit:
             self._file.fileno(),
             self.path if self._dir is None else os.path.basename(self.path), self._dir)
 
-    def _append(self, chunk: list):
+    def _append(self, chunk: list, n: int | None = None):
         """Whole records or nothing: a write that fails (a full disk, the file size
         limit) is cut back to where it began.  Left, the file's last record was cut
         short, a line that is no JSON for every reader of the audit."""
         if not chunk:
+            self._done += n or 0
             return
         fd = self._file.fileno()        # its buffer is always empty: written here only
         at = os.fstat(fd).st_size       # this run's alone: the file is locked
@@ -820,7 +862,7 @@ class _Audit:
             except OSError:
                 pass
             raise
-        self._done += len(chunk)
+        self._done += len(chunk) if n is None else n
 
     def _rotate(self):
         """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), and a new AUDIT
@@ -959,7 +1001,8 @@ class Supervisor:
                                      holders, external=bool(self.system.external),
                                      programs=plan.programs)
         self.audit = _Audit(self.system.audit, self.run_id, self.system.audit_max_size,
-                            self.system.audit_keep) if self.system.audit else None
+                            self.system.audit_keep, self.system.audit_share) \
+            if self.system.audit else None
         if self.audit is not None:
             self.audit.set_event = self._set
             self.audit.on_note = self.say

@@ -143,6 +143,7 @@ schemas = ["{EXAMPLES}/calc.capnp"]
 audit = "audit.jsonl"
 audit_max_size = "1MiB"
 audit_keep = 1
+audit_share = 1
 [compartments.calc]
 module = "{EXAMPLES}/calc.wat"
 exports = "Calc"
@@ -161,6 +162,81 @@ calc = {{ compartment = "calc" }}
     adds = [x for x in records if x.get("method") == "add"]
     assert 0 < len(adds) < calls and all(x["outcome"] == "returned" for x in adds)
     assert records[-1]["event"] == "run stopped"
+
+
+def _witness_wat(calls: int) -> str:
+    """A program that calls calc.add `calls` times through its grant `calc`, then
+    once through `limited` (whose allow-list refuses add), and ends."""
+    from benchmarks.suite import CALC_ID
+    call = (f"(drop (call $call (local.get $h) (i64.const {CALC_ID:#x}) (i32.const 0) "
+            "(i32.const 1024) (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 1000)))")
+    return f"""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "calc")
+  (data (i32.const 120) "limited")
+  (func (export "_start") (local $h i32)
+    (i32.store (i32.const 1024) (i32.const 0)) (i32.store (i32.const 1028) (i32.const 2))
+    (i64.store (i32.const 1032) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 1040) (i64.const 0x0000000300000002))
+    (local.set $h (call $lookup (i32.const 100) (i32.const 4)))
+    {call * calls}
+    (local.set $h (call $lookup (i32.const 120) (i32.const 7)))
+    {call}))
+"""
+
+
+def test_a_flooding_compartment_cannot_push_anothers_records_out_of_the_audit(tmp_path):
+    """r275: the rotation window is the audit's, not one caller's.  A program calling
+    calc.add in a loop wrote ~4 windows of records (1 MiB, audit_keep = 1), and the
+    rotation deleted every other caller's records with its own: the few calls of
+    another compartment and its denied call were gone, and a hostile plugin could
+    wipe the evidence of what it did so.  Now they stay, and the flood past its
+    share is summarized, with counts that add up to every call it made."""
+    from benchmarks.suite import CALC_ID, _loop_wat
+    calls = 24_000
+    (tmp_path / "flood.wat").write_text(_loop_wat(
+        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], calls))
+    (tmp_path / "witness.wat").write_text(_witness_wat(3))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+audit = "audit.jsonl"
+audit_max_size = "1MiB"
+audit_keep = 1
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.flood]
+module = "flood.wat"
+restart = "never"
+[compartments.flood.grants]
+calc = {{ compartment = "calc" }}
+[compartments.witness]
+module = "witness.wat"
+restart = "never"
+[compartments.witness.grants]
+calc = {{ compartment = "calc" }}
+limited = {{ compartment = "calc", allow = ["newCounter"] }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    files = [tmp_path / "audit.jsonl.1", tmp_path / "audit.jsonl"]
+    assert not (tmp_path / "audit.jsonl.2").exists()
+    assert all(f.stat().st_size <= 1 << 20 for f in files if f.exists())
+    records = [json.loads(line) for f in files if f.exists()
+               for line in f.read_text().splitlines()]
+    witness = [(x["capability"], x["method"], x["outcome"]) for x in records
+               if x.get("caller") == "witness" and "outcome" in x]
+    assert witness == [("calc (main object)", "add", "returned")] * 3 + [
+        ("witness.limited", "add", "denied")], witness
+    assert records[0]["event"] == "run started" and records[-1]["event"] == "run stopped"
+    full = [x for x in records if x.get("caller") == "flood" and "outcome" in x]
+    summed = [x for x in records if x.get("event") == "calls summarized"]
+    assert {(x["caller"], x["method"]) for x in summed} == {("flood", "add")}
+    assert sum(x["returned"] for x in summed) + len(full) == calls
+    assert len(full) < calls / 4
 
 
 @pytest.fixture(scope="module")

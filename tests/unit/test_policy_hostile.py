@@ -22,7 +22,8 @@ BASE = ('[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
 
 def _numeric_keys():
     """(where the key goes, its name, a size?) for every key that takes a number."""
-    keys = [("system", k, False) for k in ("max_connections", "message_timeout", "audit_keep")]
+    keys = [("system", k, False) for k in ("max_connections", "message_timeout", "audit_keep",
+                                              "audit_share")]
     keys += [("system", "audit_max_size", True)]
     keys += [("external_limits", k, Limits.RANGES[k][2]) for k in sorted(policy.EXTERNAL_LIMIT_KEYS)]
     keys += [("compartment", k, False) for k in ("max_restarts", "restart_window",
@@ -99,6 +100,7 @@ def test_the_numbers_that_are_allowed_still_are():
                   "max_bytes_written": (0, policy.MAX_BYTES_WRITTEN),
                   "max_connections": (1, 100_000), "message_timeout": (0.1, 3600),
                   "audit_keep": (1, policy.AUDIT_KEEP_MOST), "audit_max_size": (1 << 20, 1 << 50),
+                  "audit_share": (0.01, 1),
                   "max_restarts": (0, 1000), "restart_window": (0.1, 86_400),
                   "restart_delay": (0.0, 60)}[key]
         for value in (lo, hi):
@@ -1343,15 +1345,17 @@ def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
     in a system with no external compartment (nothing listens), `max_restarts` of a
     compartment that is never restarted, `run_time` of one that runs no program
     (nothing bounded).  `check` warns of each, `up` says it at start."""
-    text = ('[system]\naudit_keep = 5\naudit_max_size = "2MiB"\nsocket = "/srv/x.sock"\n'
-            'max_connections = 3\nexternal_limits = { in_flight = 4 }\nmessage_timeout = 3\n'
+    text = ('[system]\naudit_keep = 5\naudit_max_size = "2MiB"\naudit_share = 0.5\n'
+            'socket = "/srv/x.sock"\nmax_connections = 3\nexternal_limits = { in_flight = 4 }\n'
+            'message_timeout = 3\n'
             '[compartments.a]\nmodule = "a.wat"\nexports = "A"\nrestart = "never"\n'
             'max_restarts = 2\nrestart_window = 5\nrestart_delay = 1\ncritical = true\n'
             '[compartments.a.limits]\nrun_time = 5\nrun_cpu = 1\n'
             '[compartments.b]\nmodule = "b.wat"\n[compartments.b.limits]\nrun_time = 5\n')
     said = policy.parse(text, "/srv/system.toml").unused(programs=frozenset({"b"}))
     unused = [line.split(" is not used")[0] for line in said]
-    assert unused == ["[system] audit_max_size", "[system] audit_keep", "[system] socket",
+    assert unused == ["[system] audit_max_size", "[system] audit_keep",
+                      "[system] audit_share", "[system] socket",
                       "[system] max_connections", "[system] external_limits",
                       "compartments.a.max_restarts", "compartments.a.restart_window",
                       "compartments.a.restart_delay",
@@ -1369,11 +1373,14 @@ def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
         "compartments.b.grants.d.max_bytes_written (/srv/system.toml)",
         "compartments.b.grants.stdin.max_bytes_written (/srv/system.toml)"]
     # audit_keep of an audit never rotated
-    text2 = '[system]\naudit = "/srv/a.jsonl"\naudit_max_size = 0\naudit_keep = 3\n' + BASE
+    text2 = ('[system]\naudit = "/srv/a.jsonl"\naudit_max_size = 0\naudit_keep = 3\n'
+             'audit_share = 0.5\n' + BASE)
     assert [line.split(" is not used")[0] for line in policy.parse(
-        text2, "/srv/system.toml").unused(frozenset())] == ["[system] audit_keep"]
+        text2, "/srv/system.toml").unused(frozenset())] == ["[system] audit_keep",
+                                                            "[system] audit_share"]
     # each of them used: nothing said (message_timeout bounds the engines too)
     used = ('[system]\naudit = "/srv/a.jsonl"\naudit_keep = 5\naudit_max_size = "2MiB"\n'
+            'audit_share = 0.5\n'
             'socket = "/srv/x.sock"\nmax_connections = 3\nexternal_limits = { in_flight = 4 }\n'
             'message_timeout = 3\n[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
             'external = true\nmax_restarts = 2\nrestart_window = 5\nrestart_delay = 1\n'

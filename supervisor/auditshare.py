@@ -1,0 +1,108 @@
+"""Each caller's share of the audit file, and the summaries of what passes it (pure).
+
+The audit is rotated at `audit_max_size` and `audit_keep` rotated files are kept:
+one window for every caller.  Without shares, one caller calling a harmless
+method in a loop filled file after file, and the rotation deleted every other
+caller's records with its own (a hostile plugin could wipe the evidence of what
+it did before).  Here each caller's call records may fill at most `share` of each
+file, counted apart for its calls that returned and for those that did not
+(`failed`, `denied`: a flood of denied calls is a flood too, and a flood of plain
+calls does not spend the room of the caller's first denials).  Past that, its
+records of the kind are not written one by one: they are counted, per caller,
+capability, interface and method, and a summary record (`calls summarized`)
+says how many returned, failed and were denied, the first and last time, at most
+every `interval` seconds, and at once before `run stopped`.  Records that are
+no calls (run started and stopped, revocations, the operator's, probes') are
+never summarized.
+
+`AuditShares` decides only: the audit writer (runtime._Audit) tells it each
+record with its size in bytes and each rotation, and writes what it is given."""
+
+#: Distinct (capability, interface, method) a caller's summaries of one interval
+#: name; its calls of any other are counted in one more, whose capability,
+#: interface and method are "*" (a caller with many objects made a record each)
+SUMMARY_KINDS = 16
+SUMMARY_SECONDS = 10.0          # at most this long between two summaries of a call
+ALL = "*"
+
+
+class AuditShares:
+    """Who is past its share of the current audit file, and what is summarized.
+
+    `max_size`: the audit file's size at rotation (0: never rotated; nothing is
+    then ever pushed out, and nothing summarized); `share`: the part of it one
+    caller's records of one kind may fill (1: a whole file, no summaries)."""
+
+    def __init__(self, max_size: int, share: float, interval: float = SUMMARY_SECONDS,
+                 kinds: int = SUMMARY_KINDS):
+        self.limit = int(max_size * share) if max_size and share < 1 else None
+        self.share = share
+        self.interval = interval
+        self.kinds = kinds
+        self._used: dict[tuple, int] = {}       # (caller, returned?) -> bytes in this file
+        # summary key -> [returned, failed, denied, first time, last time]
+        self._counts: dict[tuple, list] = {}
+        self._per_caller: dict[str, int] = {}   # caller -> summary keys of this interval
+        self.due: float | None = None           # when the summaries waiting must be written
+
+    def admit(self, record: dict, size: int, now: float) -> bool:
+        """Whether `record` (`size` bytes written) is written in full: True, or it
+        is counted into a summary (False).  `now`: the wall clock, seconds."""
+        caller = record.get("caller")
+        if self.limit is None or caller is None or "event" in record:
+            return True
+        outcome = record.get("outcome")
+        kind = (caller, outcome == "returned")
+        used = self._used.get(kind, 0) + size
+        if used <= self.limit:
+            self._used[kind] = used
+            return True
+        self._count(caller, record, outcome, now)
+        return False
+
+    def _count(self, caller: str, record: dict, outcome, now: float):
+        key = (caller, record.get("capability"), record.get("interface"), record.get("method"))
+        counts = self._counts.get(key)
+        if counts is None:
+            n = self._per_caller.get(caller, 0)
+            if n >= self.kinds:
+                key = (caller, ALL, ALL, ALL)
+                counts = self._counts.get(key)
+            if counts is None:
+                self._per_caller[caller] = n + 1
+                counts = self._counts[key] = [0, 0, 0, None, None]
+        counts[0 if outcome == "returned" else 2 if outcome == "denied" else 1] += 1
+        at = record.get("time")
+        at = now if at is None else at
+        if counts[3] is None or at < counts[3]:
+            counts[3] = at
+        if counts[4] is None or at > counts[4]:
+            counts[4] = at
+        if self.due is None:
+            self.due = now + self.interval
+
+    def rotated(self):
+        """A new audit file: every caller's share of it is whole again."""
+        self._used.clear()
+
+    def summaries(self, now: float, all: bool = False) -> list[dict]:
+        """The summary records due at `now` (every one waiting if `all`: at the
+        run's end), in the order their first call was counted; none if not due."""
+        if not self._counts or (not all and (self.due is None or now < self.due)):
+            return []
+        out = []
+        for (caller, capability, interface, method), c in self._counts.items():
+            out.append({"time": now, "event": "calls summarized", "caller": caller,
+                        "capability": capability, "interface": interface, "method": method,
+                        "returned": c[0], "failed": c[1], "denied": c[2],
+                        "first": c[3], "last": c[4],
+                        "reason": f"past {caller}'s share of the audit file "
+                                  f"({self.limit:,} bytes each of returned and of other "
+                                  f"calls: [system] audit_share = {self.share:g})"})
+        self._counts = {}
+        self._per_caller = {}
+        self.due = None
+        return out
+
+
+__all__ = ["AuditShares", "SUMMARY_KINDS", "SUMMARY_SECONDS"]
