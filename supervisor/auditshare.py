@@ -15,8 +15,9 @@ every `interval` seconds, and at once before `run stopped`.  Records that are
 no calls (run started and stopped, revocations, the operator's, probes') are
 never summarized.
 
-`AuditShares` decides only: the audit writer (runtime._Audit) tells it each
-record with its size in bytes and each rotation, and writes what it is given."""
+`AuditShares` decides only: the audit writer (runtime._Audit) hands it each
+record with the function that encodes it, tells it of each rotation, and
+writes what it is given."""
 
 #: Distinct (capability, interface, method) a caller's summaries of one interval
 #: name; its calls of any other are counted in one more, whose capability,
@@ -40,25 +41,33 @@ class AuditShares:
         self.interval = interval
         self.kinds = kinds
         self._used: dict[tuple, int] = {}       # (caller, returned?) -> bytes in this file
+        self._over: set[tuple] = set()          # (caller, returned?) past its share of it
         # summary key -> [returned, failed, denied, first time, last time]
         self._counts: dict[tuple, list] = {}
         self._per_caller: dict[str, int] = {}   # caller -> summary keys of this interval
         self.due: float | None = None           # when the summaries waiting must be written
 
-    def admit(self, record: dict, size: int, now: float) -> bool:
-        """Whether `record` (`size` bytes written) is written in full: True, or it
-        is counted into a summary (False).  `now`: the wall clock, seconds."""
+    def admit(self, record: dict, now: float, encode):
+        """`record` as written (`encode(record)`, bytes), or None: it is counted into
+        a summary instead.  A caller's record of a kind is counted from the first
+        one that would take it past its share of the file, and so is every later one
+        of that kind in the file: `encode` (the writer's cost per record) is not
+        even called for them.  `now`: the wall clock, seconds.  A summary record
+        is never asked about: it is no call's."""
         caller = record.get("caller")
-        if self.limit is None or caller is None or "event" in record:
-            return True
+        if caller is None or self.limit is None:     # no call's (an event's), or no share
+            return encode(record)
         outcome = record.get("outcome")
         kind = (caller, outcome == "returned")
-        used = self._used.get(kind, 0) + size
-        if used <= self.limit:
-            self._used[kind] = used
-            return True
+        if kind not in self._over:
+            line = encode(record)
+            used = self._used.get(kind, 0) + len(line)
+            if used <= self.limit:
+                self._used[kind] = used
+                return line
+            self._over.add(kind)
         self._count(caller, record, outcome, now)
-        return False
+        return None
 
     def _count(self, caller: str, record: dict, outcome, now: float):
         key = (caller, record.get("capability"), record.get("interface"), record.get("method"))
@@ -84,6 +93,7 @@ class AuditShares:
     def rotated(self):
         """A new audit file: every caller's share of it is whole again."""
         self._used.clear()
+        self._over.clear()
 
     def summaries(self, now: float, all: bool = False) -> list[dict]:
         """The summary records due at `now` (every one waiting if `all`: at the

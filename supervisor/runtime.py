@@ -796,37 +796,46 @@ class _Audit:
         if self._file is None:          # never through a link someone planted
             self.open()
         chunk: list[bytes] = []
-        shares = self.shares
+        admit = self.shares.admit if self.shares is not None else None
         now = _wall()
         n = 0                           # records of the batch in chunk (or summarized)
-        for r, of_batch in self._with_summaries(batch, now) if shares is not None else \
-                ((r, True) for r in batch):
-            line = (json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
+        run = self.run_id
+
+        def encode(r):
+            return (json.dumps({**r, "time": _rfc3339(r["time"]), "run": run},
                                separators=(",", ":")) + "\n").encode()
-            if of_batch and shares is not None and not shares.admit(r, len(line), now):
-                n += 1                  # counted into its caller's summary
-                continue
-            if self.max_size and self._size and self._size + len(line) > self.max_size:
-                self._append(chunk, n)
-                chunk, n = [], 0
-                self._rotate()
-                if shares is not None:
-                    shares.rotated()
-            chunk.append(line)
-            self._size += len(line)
-            n += of_batch
+        for part, of_batch in self._parts(batch, now):
+            for r in part:
+                line = admit(r, now, encode) if of_batch and admit is not None else encode(r)
+                if line is None:
+                    n += 1              # counted into its caller's summary
+                    continue
+                if self.max_size and self._size and self._size + len(line) > self.max_size:
+                    self._append(chunk, n)
+                    chunk, n = [], 0
+                    self._rotate()
+                    if self.shares is not None:
+                        self.shares.rotated()
+                chunk.append(line)
+                self._size += len(line)
+                n += of_batch
         self._append(chunk, n)
 
-    def _with_summaries(self, batch: list, now: float):
-        """The batch's records, each with True, after the summaries due (with False),
-        and every summary waiting just before `run stopped` (the run's last record)."""
-        for s in self.shares.summaries(now):
-            yield self._summary(s), False
-        for r in batch:
-            if r.get("event") == "run stopped":
-                for s in self.shares.summaries(now, all=True):
-                    yield self._summary(s), False
-            yield r, True
+    def _parts(self, batch: list, now: float):
+        """What a write writes, in parts: (records, of the batch?).  The batch, after
+        the summaries due; and every summary waiting just before `run stopped` (the
+        run's last record, the last of its batch: `add` takes none after it)."""
+        shares = self.shares
+        if shares is None:
+            yield batch, True
+            return
+        yield [self._summary(s) for s in shares.summaries(now)], False
+        if batch and batch[-1].get("event") == "run stopped":
+            yield batch[:-1], True
+            yield [self._summary(s) for s in shares.summaries(now, all=True)], False
+            yield batch[-1:], True
+        else:
+            yield batch, True
 
     @staticmethod
     def _summary(record: dict) -> dict:

@@ -6,6 +6,19 @@ import json
 from supervisor import auditshare, runtime
 
 
+def sized(n):
+    """An encoder whose every record is `n` bytes (and that counts its calls)."""
+    def encode(record):
+        encode.calls += 1
+        return b"x" * n
+    encode.calls = 0
+    return encode
+
+
+def kept(shares, record, n, now=0.0):
+    return shares.admit(record, now, sized(n)) is not None
+
+
 def call(caller, outcome="returned", method="add", capability="calc (main object)", t=0.0):
     r = {"time": t, "caller": caller, "capability": capability, "interface": "Calc",
          "method": method, "outcome": outcome, "duration_ms": 0.1}
@@ -16,13 +29,15 @@ def call(caller, outcome="returned", method="add", capability="calc (main object
 
 def test_a_caller_past_its_share_is_counted_and_others_keep_theirs():
     s = auditshare.AuditShares(max_size=10_000, share=0.1, interval=5.0)   # 1,000 bytes
-    kept = [s.admit(call("flood", t=i), 100, now=float(i)) for i in range(50)]
-    assert kept == [True] * 10 + [False] * 40
+    encode = sized(100)
+    got = [s.admit(call("flood", t=i), float(i), encode) is not None for i in range(50)]
+    assert got == [True] * 10 + [False] * 40
+    assert encode.calls == 11        # past its share, its records are not even encoded
     # another caller, a denial of the flooder's, and events are kept in full
-    assert s.admit(call("app"), 100, now=50.0)
-    assert s.admit(call("flood", "denied"), 100, now=50.0)
-    assert s.admit({"time": 1.0, "event": "grant revoked", "grant": "app.calc"}, 5000, 50.0)
-    assert s.admit({"time": 1.0, "event": "run stopped"}, 5000, 50.0)
+    assert kept(s, call("app"), 100, now=50.0)
+    assert kept(s, call("flood", "denied"), 100, now=50.0)
+    assert kept(s, {"time": 1.0, "event": "grant revoked", "grant": "app.calc"}, 5000, 50.0)
+    assert kept(s, {"time": 1.0, "event": "run stopped"}, 5000, 50.0)
     assert s.summaries(now=4.0) == []                        # due 5 s after the first count
     [summary] = s.summaries(now=15.0)
     assert {k: summary[k] for k in ("event", "caller", "capability", "interface", "method",
@@ -37,9 +52,9 @@ def test_calls_that_did_not_return_have_a_share_of_their_own_and_are_summarized_
     """A flood of denied (or failed) calls is a flood as well; and a flood of plain
     calls does not spend the room of the caller's first denials."""
     s = auditshare.AuditShares(max_size=1000, share=0.5)
-    assert [s.admit(call("x"), 200, 0.0) for _ in range(3)] == [True, True, False]
-    assert [s.admit(call("x", o), 200, 0.0) for o in ("denied", "failed", "denied",
-                                                      "failed")] == [True, True, False, False]
+    assert [kept(s, call("x"), 200) for _ in range(3)] == [True, True, False]
+    assert [kept(s, call("x", o), 200) for o in ("denied", "failed", "denied",
+                                                 "failed")] == [True, True, False, False]
     got = {(r["caller"], r["method"]): (r["returned"], r["failed"], r["denied"])
            for r in s.summaries(0.0, all=True)}
     assert got == {("x", "add"): (1, 1, 1)}
@@ -47,11 +62,12 @@ def test_calls_that_did_not_return_have_a_share_of_their_own_and_are_summarized_
 
 def test_a_new_file_gives_every_caller_its_share_again_and_no_share_means_none():
     s = auditshare.AuditShares(max_size=1000, share=0.1)
-    assert s.admit(call("x"), 100, 0.0) and not s.admit(call("x"), 100, 0.0)
+    assert kept(s, call("x"), 100) and not kept(s, call("x"), 100)
+    assert not kept(s, call("x"), 1)         # past its share: so for the rest of the file
     s.rotated()
-    assert s.admit(call("x"), 100, 0.0)
+    assert kept(s, call("x"), 100)
     for whole in (auditshare.AuditShares(1000, 1), auditshare.AuditShares(0, 0.1)):
-        assert all(whole.admit(call("x"), 900, 0.0) for _ in range(100))
+        assert all(kept(whole, call("x"), 900) for _ in range(100))
         assert whole.limit is None and whole.summaries(0.0, all=True) == []
 
 
@@ -61,7 +77,7 @@ def test_a_caller_with_many_kinds_of_call_gets_a_bounded_number_of_summaries():
     the rest."""
     s = auditshare.AuditShares(max_size=1000, share=0.01)
     for i in range(1000):
-        s.admit(call("x", capability=f"calc object #{i}"), 100, float(i))
+        kept(s, call("x", capability=f"calc object #{i}"), 100, float(i))
     out = s.summaries(0.0, all=True)
     assert len(out) == auditshare.SUMMARY_KINDS + 1
     assert out[-1]["capability"] == out[-1]["method"] == "*"
