@@ -46,6 +46,9 @@ class AuditShares:
         self._counts: dict[tuple, list] = {}
         self._per_caller: dict[str, int] = {}   # caller -> summary keys of this interval
         self.due: float | None = None           # when the summaries waiting must be written
+        #: calls counted into summaries not written yet (the writer takes off those it
+        #: wrote: `written`); a stop whose last write fails or is cut short says them
+        self.waiting = 0
 
     def admit(self, record: dict, now: float, encode):
         """`record` as written (`encode(record)`, bytes), or None: it is counted into
@@ -81,6 +84,7 @@ class AuditShares:
                 self._per_caller[caller] = n + 1
                 counts = self._counts[key] = [0, 0, 0, None, None]
         counts[0 if outcome == "returned" else 2 if outcome == "denied" else 1] += 1
+        self.waiting += 1
         at = record.get("time")
         at = now if at is None else at
         if counts[3] is None or at < counts[3]:
@@ -89,6 +93,10 @@ class AuditShares:
             counts[4] = at
         if self.due is None:
             self.due = now + self.interval
+
+    def written(self, summaries: list[dict]):
+        """These summary records (from `summaries`) are in the file now."""
+        self.waiting -= sum(r["returned"] + r["failed"] + r["denied"] for r in summaries)
 
     def rotated(self):
         """A new audit file: every caller's share of it is whole again."""

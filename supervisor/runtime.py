@@ -679,8 +679,10 @@ class _Audit:
     def unwritten(self) -> int:
         """Records added and not written: waiting, or in a write that has not ended (the
         writer's, which a disk may hold past the stop: it is not waited for), or
-        lost to the write that failed and since (`lost`)."""
-        return len(self.pending) + len(self._writing) + self.lost
+        lost to the write that failed and since (`lost`); and the calls counted
+        into summaries not written (auditshare: `waiting`)."""
+        return len(self.pending) + len(self._writing) + self.lost + (
+            self.shares.waiting if self.shares is not None else 0)
 
     def open(self):
         """Open the file now, before anything runs: never through a link, and a
@@ -796,9 +798,11 @@ class _Audit:
         if self._file is None:          # never through a link someone planted
             self.open()
         chunk: list[bytes] = []
-        admit = self.shares.admit if self.shares is not None else None
+        shares = self.shares
+        admit = shares.admit if shares is not None else None
         now = _wall()
         n = 0                           # records of the batch in chunk (or summarized)
+        summed: list[dict] = []         # summary records in chunk
         run = self.run_id
 
         def encode(r):
@@ -811,15 +815,18 @@ class _Audit:
                     n += 1              # counted into its caller's summary
                     continue
                 if self.max_size and self._size and self._size + len(line) > self.max_size:
-                    self._append(chunk, n)
-                    chunk, n = [], 0
+                    self._append(chunk, n, summed)
+                    chunk, n, summed = [], 0, []
                     self._rotate()
-                    if self.shares is not None:
-                        self.shares.rotated()
+                    if shares is not None:
+                        shares.rotated()
                 chunk.append(line)
                 self._size += len(line)
-                n += of_batch
-        self._append(chunk, n)
+                if of_batch:
+                    n += 1
+                else:
+                    summed.append(r)
+        self._append(chunk, n, summed)
 
     def _parts(self, batch: list, now: float):
         """What a write writes, in parts: (records, of the batch?).  The batch, after
@@ -852,7 +859,7 @@ class _Audit:
             self._file.fileno(),
             self.path if self._dir is None else os.path.basename(self.path), self._dir)
 
-    def _append(self, chunk: list, n: int | None = None):
+    def _append(self, chunk: list, n: int | None = None, summed=()):
         """Whole records or nothing: a write that fails (a full disk, the file size
         limit) is cut back to where it began.  Left, the file's last record was cut
         short, a line that is no JSON for every reader of the audit."""
@@ -872,6 +879,8 @@ class _Audit:
                 pass
             raise
         self._done += len(chunk) if n is None else n
+        if summed:
+            self.shares.written(summed)
 
     def _rotate(self):
         """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), and a new AUDIT

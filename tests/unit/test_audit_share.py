@@ -130,3 +130,17 @@ def test_summaries_are_written_when_due_without_a_record_after_them(tmp_path):
     records = _records(tmp_path, 0)
     [summary] = [r for r in records if r.get("event") == "calls summarized"]
     assert summary["returned"] + len(records) - 1 == 200
+
+
+def test_calls_counted_into_summaries_not_written_yet_are_counted_as_unwritten(tmp_path):
+    """A stop whose last write is cut short (a disk that does not keep up) says how
+    many records it did not write: the calls waiting in summaries are among them,
+    not gone without a word."""
+    audit = runtime._Audit(str(tmp_path / "audit.jsonl"), "run", max_size=1 << 20, share=0.01)
+    audit.open()
+    audit._write([call("flood") for _ in range(200)])
+    written = len((tmp_path / "audit.jsonl").read_text().splitlines())
+    assert audit.unwritten() == 200 - written > 0
+    audit._write([{"time": 0.0, "event": "run stopped"}])
+    audit.close()
+    assert audit.unwritten() == 0
