@@ -7,7 +7,9 @@ caller's records with its own (a hostile plugin could wipe the evidence of what
 it did before).  Here each caller's call records may fill at most `share` of each
 file, counted apart for its calls that returned and for those that did not
 (`failed`, `denied`: a flood of denied calls is a flood too, and a flood of plain
-calls does not spend the room of the caller's first denials).  Past that, its
+calls does not spend the room of the caller's first denials), once the window is
+full (`full`: the next rotation deletes a file; until then no record is pushed
+out, and a busy caller's records are all written, as they were).  Past that, its
 records of the kind are not written one by one: they are counted, per caller,
 capability, interface and method, and a summary record (`calls summarized`)
 says how many returned, failed and were denied, the first and last time, at most
@@ -46,6 +48,12 @@ class AuditShares:
         self._counts: dict[tuple, list] = {}
         self._per_caller: dict[str, int] = {}   # caller -> summary keys of this interval
         self.due: float | None = None           # when the summaries waiting must be written
+        #: whether the next rotation deletes a file (the writer says: _Audit._window_full):
+        #: until then nothing is pushed out, and every record is written whole (a
+        #: system whose one busy caller made most calls had them summarized past an
+        #: eighth of the first file, which then never filled: every later call of the
+        #: run counted, none recorded, with 500 MiB of the window unused)
+        self.full = True
         #: calls counted into summaries not written yet (the writer takes off those it
         #: wrote: `written`); a stop whose last write fails or is cut short says them
         self.waiting = 0
@@ -65,7 +73,7 @@ class AuditShares:
         if kind not in self._over:
             line = encode(record)
             used = self._used.get(kind, 0) + len(line)
-            if used <= self.limit:
+            if used <= self.limit or not self.full:
                 self._used[kind] = used
                 return line
             self._over.add(kind)
@@ -98,10 +106,12 @@ class AuditShares:
         """These summary records (from `summaries`) are in the file now."""
         self.waiting -= sum(r["returned"] + r["failed"] + r["denied"] for r in summaries)
 
-    def rotated(self):
-        """A new audit file: every caller's share of it is whole again."""
+    def rotated(self, full: bool = True):
+        """A new audit file: every caller's share of it is whole again; `full`: the
+        window is full now (the next rotation deletes a file)."""
         self._used.clear()
         self._over.clear()
+        self.full = full
 
     def summaries(self, now: float, all: bool = False) -> list[dict]:
         """The summary records due at `now` (every one waiting if `all`: at the

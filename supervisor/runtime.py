@@ -763,6 +763,21 @@ class _Audit:
         os.set_blocking(fd, True)
         self._size = size
         self._file = open(fd, "ab")
+        if self.shares is not None:
+            self.shares.full = self._window_full()
+
+    def _window_full(self) -> bool:
+        """Whether the next rotation deletes a file (AUDIT.keep is there): only then
+        can one caller's records push another's out, and shares are kept
+        (auditshare).  Not known (any error but its absence): taken as full."""
+        try:
+            os.stat(f"{os.path.basename(self.path)}.{self.keep}", dir_fd=self._dir,
+                    follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def _write(self, batch: list):
         with self._lock:
@@ -819,7 +834,7 @@ class _Audit:
                     chunk, n, summed = [], 0, []
                     self._rotate()
                     if shares is not None:
-                        shares.rotated()
+                        shares.rotated(self._window_full())
                 chunk.append(line)
                 self._size += len(line)
                 if of_batch:

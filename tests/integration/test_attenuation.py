@@ -236,7 +236,9 @@ limited = {{ compartment = "calc", allow = ["newCounter"] }}
     summed = [x for x in records if x.get("event") == "calls summarized"]
     assert {(x["caller"], x["method"]) for x in summed} == {("flood", "add")}
     assert sum(x["returned"] for x in summed) + len(full) == calls
-    assert len(full) < calls / 4
+    # whole until the window was full (the first file, ~5,500 records), then an
+    # eighth of the file: most of the flood is counted, not written one by one
+    assert sum(x["returned"] for x in summed) > calls / 2
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,7 @@ def test_a_flooding_caller_cannot_rotate_others_records_out_of_the_window(tmp_pa
 
 
 def test_summaries_are_written_when_due_without_a_record_after_them(tmp_path):
+    (tmp_path / "audit.jsonl.1").write_text("")     # the window is full (keep = 1)
     audit = runtime._Audit(str(tmp_path / "audit.jsonl"), "run", max_size=1 << 20, share=0.01)
     audit.shares.interval = 0.0
     audit.open()
@@ -136,6 +137,7 @@ def test_calls_counted_into_summaries_not_written_yet_are_counted_as_unwritten(t
     """A stop whose last write is cut short (a disk that does not keep up) says how
     many records it did not write: the calls waiting in summaries are among them,
     not gone without a word."""
+    (tmp_path / "audit.jsonl.1").write_text("")     # the window is full (keep = 1)
     audit = runtime._Audit(str(tmp_path / "audit.jsonl"), "run", max_size=1 << 20, share=0.01)
     audit.open()
     audit._write([call("flood") for _ in range(200)])
@@ -144,3 +146,37 @@ def test_calls_counted_into_summaries_not_written_yet_are_counted_as_unwritten(t
     audit._write([{"time": 0.0, "event": "run stopped"}])
     audit.close()
     assert audit.unwritten() == 0
+
+
+def test_a_busy_caller_is_recorded_call_by_call_until_a_rotation_would_delete_a_file(
+        tmp_path):
+    """Shares only matter once the window is full: until the next rotation deletes a
+    file, no record can push another out.  A system whose one busy caller made most
+    calls had them summarized past an eighth of its first file, which then never
+    filled (summaries only): every later call counted, none recorded one by one,
+    with the rest of the window unused.  Now it is recorded call by call until the
+    window is full (audit_keep rotated files), and summarized past its share only
+    then."""
+    audit = runtime._Audit(str(tmp_path / "audit.jsonl"), "run", max_size=1 << 16, keep=2,
+                           share=0.125)
+    audit.open()
+    n = 0
+    for _ in range(100):                      # ~190 KiB: two rotations, the window full
+        audit._write([call("app", t=float(n + i)) for i in range(50)])
+        n += 50
+        if (tmp_path / "audit.jsonl.2").exists():
+            break
+    assert (tmp_path / "audit.jsonl.2").exists()    # (summarized, the first file never filled)
+    whole = [r for r in _records(tmp_path, 2) if r.get("caller") == "app" and "outcome" in r]
+    assert len(whole) == n                    # every call until then, one by one
+    assert not [r for r in _records(tmp_path, 2) if r.get("event") == "calls summarized"]
+    for _ in range(40):                       # now past its share of the new file
+        audit._write([call("app", t=float(n + i)) for i in range(50)])
+        n += 50
+    audit._write([{"time": 0.0, "event": "run stopped"}])
+    audit.close()
+    records = _records(tmp_path, 2)
+    summed = sum(r["returned"] for r in records if r.get("event") == "calls summarized")
+    whole = [r for r in records if r.get("caller") == "app" and "outcome" in r]
+    assert summed > 0 and summed + len(whole) == n      # every call: a record or counted
+    assert not (tmp_path / "audit.jsonl.3").exists()
